@@ -1,0 +1,13 @@
+//! RateThrottle: a rate-limiting and DDoS-protection gateway.
+//!
+//! The data path: a front end (proxy, Envoy ext_authz, Envoy rate limit
+//! service, the `test` command) turns a request into [`engine::RequestFacts`];
+//! [`engine::Engine::decide`] checks lists and blocks, finds the route and its
+//! rules, derives each rule's identity and asks the [`store::Store`] to apply
+//! the rules' strategies atomically; the resulting [`decision::Decision`] is
+//! turned back into the front end's wire format.
+
+pub mod clock;
+pub mod config;
+pub mod identity;
+pub mod limit;
