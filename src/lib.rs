@@ -9,5 +9,13 @@
 
 pub mod clock;
 pub mod config;
+pub mod decision;
+pub mod engine;
 pub mod identity;
 pub mod limit;
+pub mod protect;
+pub mod route;
+pub mod snapshot;
+pub mod stats;
+pub mod store;
+pub mod violations;

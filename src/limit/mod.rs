@@ -3,6 +3,8 @@
 
 mod bucket;
 mod fixed_window;
+#[cfg(test)]
+mod proptests;
 mod sliding_counter;
 mod sliding_log;
 

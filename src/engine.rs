@@ -1,0 +1,490 @@
+//! `Engine::decide`: the one place the order of checks is written.
+//!
+//! global switch → client address → whitelist / blacklist → route → the
+//! rules that apply → active blocks → one atomic store batch → the most
+//! restrictive answer, violations, blocks and statistics.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, Method};
+use smallvec::SmallVec;
+
+use crate::clock::Clock;
+use crate::config::{Config, OnError};
+use crate::decision::{BlockedBy, Decision, Quota};
+use crate::identity::{self, IdentitySource};
+use crate::limit::{NANOS_PER_SEC, Nanos, Verdict};
+use crate::protect::blocks::{BlockReason, Blocks};
+use crate::protect::lists::{ListMatch, Lists};
+use crate::route::{self, RouteRequest};
+use crate::snapshot::{Rule, Snapshot};
+use crate::stats::Stats;
+use crate::store::{CounterKey, LimitCheck, Store, StoreError};
+use crate::violations::{Violation, ViolationHub};
+
+/// A request as every front end describes it.
+pub struct RequestFacts<'a> {
+    /// The address of the TCP peer.
+    pub peer: IpAddr,
+    /// The client address when the front end knows better than the peer
+    /// (Envoy's `x-envoy-external-address`); otherwise derived from the peer
+    /// and X-Forwarded-For with `global.trusted_proxies`.
+    pub client_ip: Option<IpAddr>,
+    pub method: &'a Method,
+    /// Host header or :authority.
+    pub host: Option<&'a str>,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// How many requests this one counts as (1 unless a front end says otherwise).
+    pub cost: u64,
+}
+
+/// How long a denied caller is told to wait when the store is down.
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
+
+pub struct Engine {
+    snapshot: ArcSwap<Snapshot>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    lists: Lists,
+    blocks: Blocks,
+    stats: Stats,
+    violations: ViolationHub,
+    store_errors: AtomicU64,
+    last_store_error_log: AtomicU64,
+}
+
+impl Engine {
+    pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Engine {
+        let stats = Stats::new();
+        let lists = Lists::new();
+        lists.set_config_entries(&config.lists.whitelist, &config.lists.blacklist);
+        let snapshot = Snapshot::compile(Arc::new(config), &stats);
+        Engine {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            store,
+            clock,
+            lists,
+            blocks: Blocks::new(),
+            stats,
+            violations: ViolationHub::new(),
+            store_errors: AtomicU64::new(0),
+            last_store_error_log: AtomicU64::new(0),
+        }
+    }
+
+    /// Swaps in a new, already validated config. In-flight decisions finish
+    /// with the snapshot they loaded; counters of unchanged rules carry over
+    /// because they are keyed by (name, strategy, key), not by the snapshot.
+    pub fn apply_config(&self, config: Config) {
+        self.lists
+            .set_config_entries(&config.lists.whitelist, &config.lists.blacklist);
+        let snapshot = Snapshot::compile(Arc::new(config), &self.stats);
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn lists(&self) -> &Lists {
+        &self.lists
+    }
+
+    pub fn blocks(&self) -> &Blocks {
+        &self.blocks
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn now(&self) -> Nanos {
+        self.clock.now()
+    }
+
+    pub fn store_errors(&self) -> u64 {
+        self.store_errors.load(Ordering::Relaxed)
+    }
+
+    /// Registers a handler for every violation (shadow ones included). It runs
+    /// on its own thread behind a bounded queue and never slows a request.
+    pub fn on_violation(&self, handler: impl Fn(&Violation) + Send + Sync + 'static) {
+        self.violations.subscribe(handler);
+    }
+
+    pub fn violation_hub(&self) -> &ViolationHub {
+        &self.violations
+    }
+
+    /// Frees idle counters, ended blocks and expired list entries.
+    pub fn sweep(&self) -> usize {
+        let now = self.clock.now();
+        self.store.sweep(now) + self.blocks.sweep(now) + self.lists.prune(now)
+    }
+
+    pub async fn decide(&self, facts: &RequestFacts<'_>) -> Decision {
+        let snapshot = self.snapshot.load();
+        let config = &snapshot.config;
+        if !config.global.enabled {
+            return Decision::Allow {
+                quota: None,
+                route: None,
+                whitelisted: false,
+                shadow_denied: Vec::new(),
+            };
+        }
+        let now = self.clock.now();
+        let client_ip = facts.client_ip.unwrap_or_else(|| {
+            identity::client_ip(facts.peer, facts.headers, &config.global.trusted_proxies)
+        });
+
+        match self.lists.lookup(client_ip, now) {
+            Some(ListMatch::Whitelisted) => {
+                self.stats.record_allowed();
+                return Decision::Allow {
+                    quota: None,
+                    route: None,
+                    whitelisted: true,
+                    shadow_denied: Vec::new(),
+                };
+            }
+            Some(ListMatch::Blacklisted { expires }) => {
+                self.stats.record_blocked();
+                return Decision::Blocked {
+                    by: BlockedBy::Blacklist,
+                    retry_after: expires
+                        .map(|t| Duration::from_nanos(t.saturating_sub(now).max(1))),
+                };
+            }
+            None => {}
+        }
+
+        let route_request = RouteRequest {
+            method: facts.method,
+            host: facts.host,
+            path: facts.path,
+            headers: facts.headers,
+        };
+        let route = match &snapshot.routes {
+            Some(routes) => match route::find(routes, &route_request) {
+                Some(route) => Some(route),
+                None => return Decision::NoRoute,
+            },
+            None => None,
+        };
+        let candidate_rules = route.as_ref().map_or(&snapshot.rules, |r| &r.rules);
+        let rules: SmallVec<[&Arc<Rule>; 4]> = candidate_rules
+            .iter()
+            .filter(|rule| rule.applies(facts.method, facts.path))
+            .collect();
+
+        let source = IdentitySource {
+            client_ip,
+            method: facts.method.as_str(),
+            path: facts.path,
+            query: facts.query,
+            headers: facts.headers,
+            route: route.as_ref().map(|r| &*r.name),
+        };
+        let identities: SmallVec<[String; 4]> = rules
+            .iter()
+            .map(|rule| rule.key.identity(&source))
+            .collect();
+
+        if let Some(decision) = self.active_block(client_ip, &identities, now) {
+            self.stats.record_blocked();
+            return decision;
+        }
+        if rules.is_empty() {
+            self.stats.record_allowed();
+            return allow(None, route.cloned(), Vec::new());
+        }
+
+        let checks: SmallVec<[LimitCheck<'_>; 4]> = rules
+            .iter()
+            .zip(&identities)
+            .map(|(rule, identity)| LimitCheck {
+                key: CounterKey {
+                    rule: &rule.name,
+                    rule_seed: rule.seed,
+                    identity,
+                },
+                limit: rule.limit,
+                cost: facts.cost.max(1),
+                enforce: !rule.shadow,
+            })
+            .collect();
+        let verdicts = match self.store.check(&checks, now).await {
+            Ok(verdicts) if verdicts.len() == checks.len() => verdicts,
+            Ok(_) => {
+                return self.store_failed(
+                    &snapshot,
+                    StoreError::Protocol("wrong number of verdicts".into()),
+                );
+            }
+            Err(error) => return self.store_failed(&snapshot, error),
+        };
+
+        let outcome = Outcome::of(&rules, &verdicts);
+        let route_name = route.as_ref().map(|r| r.name.to_string());
+        let mut shadow_denied = Vec::new();
+        for (i, (rule, verdict)) in rules.iter().zip(&verdicts).enumerate() {
+            if rule.shadow {
+                if verdict.allowed {
+                    rule.counters.allowed.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    rule.counters.shadow_blocked.fetch_add(1, Ordering::Relaxed);
+                    shadow_denied.push(Arc::clone(&rule.name));
+                    self.report(
+                        rule,
+                        verdict,
+                        &identities[i],
+                        client_ip,
+                        &route_name,
+                        facts.cost,
+                        true,
+                    );
+                }
+            } else if outcome.allowed {
+                rule.counters.allowed.fetch_add(1, Ordering::Relaxed);
+            } else if !verdict.allowed {
+                rule.counters.blocked.fetch_add(1, Ordering::Relaxed);
+                self.report(
+                    rule,
+                    verdict,
+                    &identities[i],
+                    client_ip,
+                    &route_name,
+                    facts.cost,
+                    false,
+                );
+                if !rule.block_duration.is_zero() {
+                    let until = now.saturating_add(rule.block_duration.as_nanos() as u64);
+                    self.blocks.block(
+                        &identities[i],
+                        BlockReason::Violation,
+                        Some(&rule.name),
+                        now,
+                        until,
+                    );
+                }
+            }
+        }
+
+        let Some(index) = outcome.reported else {
+            self.stats.record_allowed();
+            return allow(None, route.cloned(), shadow_denied);
+        };
+        let quota = quota(rules[index], &verdicts[index]);
+        if outcome.allowed {
+            self.stats.record_allowed();
+            allow(Some(quota), route.cloned(), shadow_denied)
+        } else {
+            self.stats.record_blocked();
+            let retry = verdicts[index].retry_after.unwrap_or(1);
+            Decision::RateLimited {
+                quota,
+                retry_after: Duration::from_nanos(retry),
+            }
+        }
+    }
+
+    fn active_block(
+        &self,
+        client_ip: IpAddr,
+        identities: &[String],
+        now: Nanos,
+    ) -> Option<Decision> {
+        let mut ip_identity = String::with_capacity(24);
+        identity::KeySpec::ip().identity_into(
+            &IdentitySource {
+                client_ip,
+                method: "",
+                path: "",
+                query: None,
+                headers: &HeaderMap::new(),
+                route: None,
+            },
+            &mut ip_identity,
+        );
+        std::iter::once(&ip_identity)
+            .chain(identities)
+            .filter_map(|id| self.blocks.active(id, now))
+            .max_by_key(|block| block.until)
+            .map(|block| Decision::Blocked {
+                by: match block.reason {
+                    BlockReason::Violation => BlockedBy::Violation,
+                    BlockReason::Ddos => BlockedBy::Ddos,
+                },
+                retry_after: Some(Duration::from_nanos(block.until.saturating_sub(now).max(1))),
+            })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        rule: &Rule,
+        verdict: &Verdict,
+        identity: &str,
+        client_ip: IpAddr,
+        route: &Option<String>,
+        cost: u64,
+        shadow: bool,
+    ) {
+        let used = verdict.limit.saturating_sub(verdict.remaining);
+        let violation = Violation {
+            time: self.clock.now() as f64 / NANOS_PER_SEC as f64,
+            identity: identity.to_string(),
+            client_ip,
+            rule: rule.name.to_string(),
+            route: route.clone(),
+            requests_made: used + cost.max(1),
+            limit: verdict.limit,
+            shadow,
+        };
+        if self.snapshot.load().config.global.log_violations {
+            tracing::debug!(
+                client.ip = %client_ip,
+                rule = %violation.rule,
+                identity = %violation.identity,
+                shadow,
+                "rate limit exceeded"
+            );
+        }
+        self.stats.record_violation(&violation);
+        self.violations.publish(violation);
+    }
+
+    fn store_failed(&self, snapshot: &Snapshot, error: StoreError) -> Decision {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+        // One log line a second at most: a dead store must not flood the log.
+        let now_secs = self.clock.now() / NANOS_PER_SEC;
+        let last = self.last_store_error_log.swap(now_secs, Ordering::Relaxed);
+        if last != now_secs {
+            tracing::warn!(%error, on_error = ?snapshot.on_error(), store = self.store.kind(), "store check failed");
+        }
+        match snapshot.on_error() {
+            OnError::Allow => {
+                self.stats.record_allowed();
+                allow(None, None, Vec::new())
+            }
+            OnError::Deny => {
+                self.stats.record_blocked();
+                Decision::Unavailable {
+                    retry_after: UNAVAILABLE_RETRY,
+                }
+            }
+        }
+    }
+
+    /// Checks one rule for one identity, as `ratethrottle test` does: the rule's
+    /// own strategy and store, no lists, routes or blocks.
+    pub async fn check_rule(
+        &self,
+        rule: &str,
+        identity: &str,
+        cost: u64,
+    ) -> Result<Verdict, CheckRuleError> {
+        let snapshot = self.snapshot.load();
+        let rule = snapshot
+            .rule(rule)
+            .ok_or_else(|| CheckRuleError::UnknownRule(rule.to_string()))?;
+        let check = [LimitCheck {
+            key: CounterKey {
+                rule: &rule.name,
+                rule_seed: rule.seed,
+                identity,
+            },
+            limit: rule.limit,
+            cost: cost.max(1),
+            enforce: true,
+        }];
+        let verdicts = self.store.check(&check, self.clock.now()).await?;
+        verdicts
+            .into_iter()
+            .next()
+            .ok_or_else(|| CheckRuleError::Store(StoreError::Protocol("no verdict".into())))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckRuleError {
+    #[error("unknown rule \"{0}\"")]
+    UnknownRule(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn allow(
+    quota: Option<Quota>,
+    route: Option<Arc<crate::route::Route>>,
+    shadow_denied: Vec<Arc<str>>,
+) -> Decision {
+    Decision::Allow {
+        quota,
+        route,
+        whitelisted: false,
+        shadow_denied,
+    }
+}
+
+fn quota(rule: &Rule, verdict: &Verdict) -> Quota {
+    Quota {
+        rule: Arc::clone(&rule.name),
+        limit: verdict.limit,
+        remaining: verdict.remaining,
+        reset_after: Duration::from_nanos(verdict.reset_after),
+        window: rule.window,
+    }
+}
+
+/// How the enforcing rules' verdicts combine.
+struct Outcome {
+    allowed: bool,
+    /// The rule the headers describe: when allowed, the one with the least
+    /// quota left (ties: the longest reset); when denied, the denying rule
+    /// with the longest wait.
+    reported: Option<usize>,
+}
+
+impl Outcome {
+    fn of(rules: &[&Arc<Rule>], verdicts: &[Verdict]) -> Outcome {
+        let enforced = || {
+            rules
+                .iter()
+                .zip(verdicts)
+                .enumerate()
+                .filter(|(_, (r, _))| !r.shadow)
+        };
+        let denied = enforced()
+            .filter(|(_, (_, v))| !v.allowed)
+            .max_by_key(|(_, (_, v))| v.retry_after.unwrap_or(0))
+            .map(|(i, _)| i);
+        match denied {
+            Some(i) => Outcome {
+                allowed: false,
+                reported: Some(i),
+            },
+            None => Outcome {
+                allowed: true,
+                reported: enforced()
+                    .min_by(|(_, (_, a)), (_, (_, b))| {
+                        a.remaining
+                            .cmp(&b.remaining)
+                            .then(b.reset_after.cmp(&a.reset_after))
+                    })
+                    .map(|(i, _)| i),
+            },
+        }
+    }
+}

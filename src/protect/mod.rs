@@ -1,0 +1,5 @@
+//! What stops a caller before any rate limit is counted: the whitelist and
+//! blacklist, and the blocks that violations (and later, attacks) earn.
+
+pub mod blocks;
+pub mod lists;
