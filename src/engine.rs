@@ -132,6 +132,24 @@ impl Engine {
         self.store.sweep(now) + self.blocks.sweep(now) + self.lists.prune(now)
     }
 
+    /// Runs [`Engine::sweep`] every `every` on the current tokio runtime, so
+    /// memory follows the number of recently active callers.
+    pub fn spawn_sweeper(engine: &Arc<Engine>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let engine = Arc::downgrade(engine);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(engine) = engine.upgrade() else { break };
+                // Sweeping walks every shard: keep it off the async workers.
+                let freed = tokio::task::spawn_blocking(move || engine.sweep()).await.unwrap_or(0);
+                tracing::debug!(freed, "swept idle keys");
+            }
+        })
+    }
+
     pub async fn decide(&self, facts: &RequestFacts<'_>) -> Decision {
         let snapshot = self.snapshot.load();
         let config = &snapshot.config;

@@ -1,1 +1,8 @@
-fn main() {}
+//! The `ratethrottle` binary: parse the command line, run the command, and
+//! turn any error into a message on stderr and a non-zero exit code.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    ratethrottle::cli::main()
+}

@@ -40,6 +40,11 @@ impl Blocks {
         Blocks::default()
     }
 
+    /// True when no block is held: the common case, answered without a lock.
+    pub fn is_empty(&self) -> bool {
+        self.count.load(Ordering::Relaxed) == 0
+    }
+
     /// The active block of `identity`, if any.
     pub fn active(&self, identity: &str, now: Nanos) -> Option<Block> {
         if self.count.load(Ordering::Relaxed) == 0 {

@@ -1,0 +1,104 @@
+//! The command line: `config` and `test` (SPEC.md, "Command line"). Every
+//! command reports errors on stderr with a non-zero exit code, never a panic.
+
+mod config_cmd;
+mod test_cmd;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ratethrottle",
+    version,
+    about = "Rate-limiting and DDoS-protection gateway",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Config file [default: $RATETHROTTLE_CONFIG, else ./ratethrottle.yaml, else config/ratethrottle.yaml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log line format
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check, show or export the configuration
+    Config(config_cmd::ConfigArgs),
+    /// Replay N requests against one rule in-process and report what the gateway would decide
+    Test(test_cmd::TestArgs),
+}
+
+/// The process entry point: real arguments, stdout and stderr.
+pub fn main() -> ExitCode {
+    let code = run(std::env::args_os(), &mut std::io::stdout(), &mut std::io::stderr());
+    ExitCode::from(code)
+}
+
+/// Runs one command line, writing to `out` and `err`; the exit code (0 ok,
+/// 1 failure, 2 usage error). Tests call this in-process.
+pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version arrive as "errors" meant for stdout, exit 0.
+            let text = error.render().ansi().to_string();
+            return if error.use_stderr() {
+                let _ = write!(err, "{text}");
+                2
+            } else {
+                let _ = write!(out, "{text}");
+                0
+            };
+        }
+    };
+    init_logging(cli.log_format);
+    let mut io = Io { out, err };
+    let result = match &cli.command {
+        Command::Config(args) => config_cmd::run(&cli, args, &mut io),
+        Command::Test(args) => test_cmd::run(&cli, args, &mut io),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            let _ = writeln!(io.err, "error: {error:#}");
+            1
+        }
+    }
+}
+
+/// Where a command writes.
+pub struct Io<'a> {
+    pub out: &'a mut dyn Write,
+    pub err: &'a mut dyn Write,
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
