@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 pub use diagnostic::{ConfigErrors, Diagnostic};
 pub use model::*;
-pub use show::{summary, to_yaml};
+pub use show::{redacted, summary, to_yaml};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
 
 use diagnostic::Report;

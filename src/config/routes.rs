@@ -214,7 +214,11 @@ fn graphql(r: &mut Report, f: &Fields<'_>, base: &GraphqlLimits) -> GraphqlLimit
             format!("default_list_size ({default_list_size}) must not exceed max_list_size ({max_list_size})"),
         );
     }
-    let budget = f.section(r, "budget", &["limit", "window"]).and_then(|b| {
+    let budget_section = match f.get("budget") {
+        Some(_) => f.section(r, "budget", &["limit", "window"]),
+        None => None,
+    };
+    let budget = budget_section.and_then(|b| {
         let limit = match b.get("limit") {
             Some(n) => read::int(r, n, &b.at("limit"), 1, u64::MAX),
             None => {

@@ -80,7 +80,7 @@ fn rule(r: &mut Report, f: &Fields<'_>, default: StrategyKind) -> Option<RuleCon
     let key = read::one_of(r, f, "key", "scope").and_then(|(node, path)| {
         let text = read::string(r, node, &path)?;
         KeySpec::parse(&text)
-            .map_err(|e| r.error(node.origin, &path, e.to_string()))
+            .map_err(|e| r.error(node.origin, &path, format!("invalid identity key: {e}")))
             .ok()
     });
     let block_duration = f

@@ -38,9 +38,33 @@ impl Out {
     }
 }
 
-/// The effective config. Loading the output gives the same `Config` back,
-/// except that redacted secrets read as `<redacted>`.
+/// The config with every secret replaced by `<redacted>`: what [`to_yaml`]
+/// prints, and what loading its output gives back.
+pub fn redacted(c: &Config) -> Config {
+    let mut c = c.clone();
+    if c.admin.token.is_some() {
+        c.admin.token = Some(REDACTED.to_string());
+    }
+    c.storage.redis.url = redact_url(&c.storage.redis.url);
+    for url in &mut c.storage.redis.cluster {
+        *url = redact_url(url);
+    }
+    for hook in &mut c.violations.webhooks {
+        hook.url = match hook.format {
+            // A Slack incoming-webhook URL is itself the credential.
+            WebhookFormat::Slack => redact_secret_url(&hook.url),
+            WebhookFormat::Json => redact_query(&hook.url),
+        };
+        for value in hook.headers.values_mut() {
+            *value = REDACTED.to_string();
+        }
+    }
+    c
+}
+
+/// The effective config, secrets redacted (see [`redacted`]).
 pub fn to_yaml(c: &Config) -> String {
+    let c = &redacted(c);
     let mut o = Out(String::new());
     o.line(
         0,
@@ -64,14 +88,7 @@ pub fn to_yaml(c: &Config) -> String {
     }
     o.line(0, "admin:");
     o.kv(2, "listen", q(&c.admin.listen.to_string()));
-    o.kv(
-        2,
-        "token",
-        c.admin
-            .token
-            .as_ref()
-            .map_or("null".into(), |_| q(REDACTED)),
-    );
+    o.kv(2, "token", opt(c.admin.token.as_deref().map(q)));
     if let Some(e) = &c.ext_authz {
         o.line(0, "ext_authz:");
         o.kv(
@@ -133,12 +150,7 @@ pub fn to_yaml(c: &Config) -> String {
         },
     );
     for w in &c.violations.webhooks {
-        let url = match w.format {
-            // A Slack incoming-webhook URL is itself the credential.
-            WebhookFormat::Slack => redact_secret_url(&w.url),
-            WebhookFormat::Json => redact_query(&w.url),
-        };
-        o.kv(2, "  - url", q(&url));
+        o.kv(2, "  - url", q(&w.url));
         o.kv(6, "timeout", d(w.timeout));
         o.kv(
             6,
@@ -146,8 +158,8 @@ pub fn to_yaml(c: &Config) -> String {
             format!(
                 "{{{}}}",
                 w.headers
-                    .keys()
-                    .map(|k| format!("{}: {}", q(k), q(REDACTED)))
+                    .iter()
+                    .map(|(k, v)| format!("{}: {}", q(k), q(v)))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -215,12 +227,8 @@ fn storage(o: &mut Out, s: &StorageConfig) {
         },
     );
     o.line(2, "redis:");
-    o.kv(4, "url", q(&redact_url(&s.redis.url)));
-    o.kv(
-        4,
-        "cluster",
-        flow(s.redis.cluster.iter().map(|u| q(&redact_url(u)))),
-    );
+    o.kv(4, "url", q(&s.redis.url));
+    o.kv(4, "cluster", flow(s.redis.cluster.iter().map(|u| q(u))));
     o.kv(4, "key_prefix", q(&s.redis.key_prefix));
     o.kv(4, "timeout", d(s.redis.timeout));
     o.kv(4, "connect_timeout", d(s.redis.connect_timeout));
