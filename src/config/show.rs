@@ -34,7 +34,10 @@ impl Out {
         let _ = writeln!(self.0, "{:indent$}{text}", "");
     }
     fn kv(&mut self, indent: usize, key: &str, value: impl std::fmt::Display) {
-        let _ = writeln!(self.0, "{:indent$}{key}: {value}", "");
+        let value = value.to_string();
+        // An empty value introduces a nested block: no trailing space.
+        let sep = if value.is_empty() { "" } else { " " };
+        let _ = writeln!(self.0, "{:indent$}{key}:{sep}{value}", "");
     }
 }
 
