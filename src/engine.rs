@@ -142,9 +142,13 @@ impl Engine {
             ticks.tick().await;
             loop {
                 ticks.tick().await;
-                let Some(engine) = engine.upgrade() else { break };
+                let Some(engine) = engine.upgrade() else {
+                    break;
+                };
                 // Sweeping walks every shard: keep it off the async workers.
-                let freed = tokio::task::spawn_blocking(move || engine.sweep()).await.unwrap_or(0);
+                let freed = tokio::task::spawn_blocking(move || engine.sweep())
+                    .await
+                    .unwrap_or(0);
                 tracing::debug!(freed, "swept idle keys");
             }
         })

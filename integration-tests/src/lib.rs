@@ -22,7 +22,11 @@ pub fn config_from(yaml: &str) -> config::Config {
 /// An engine over the memory store with a clock that moves only when told.
 pub fn engine(yaml: &str) -> (Arc<Engine>, Arc<ManualClock>) {
     let clock = ManualClock::at_test_epoch();
-    let engine = Engine::new(config_from(yaml), Arc::new(MemoryStore::new()), clock.clone());
+    let engine = Engine::new(
+        config_from(yaml),
+        Arc::new(MemoryStore::new()),
+        clock.clone(),
+    );
     (Arc::new(engine), clock)
 }
 

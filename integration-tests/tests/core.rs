@@ -40,11 +40,16 @@ fn the_most_restrictive_rule_wins_and_a_denial_consumes_no_other_quota() {
         let decision = decide(&engine, &login);
         let quota = decision.quota().expect("quota");
         assert!(decision.is_allowed());
-        assert_eq!((&*quota.rule, quota.remaining), ("auth_strict", expected_remaining));
+        assert_eq!(
+            (&*quota.rule, quota.remaining),
+            ("auth_strict", expected_remaining)
+        );
     }
     let denied = decide(&engine, &login);
     assert_eq!(rate_limited_rule(&denied), Some("auth_strict"));
-    let Decision::RateLimited { retry_after, .. } = denied else { unreachable!() };
+    let Decision::RateLimited { retry_after, .. } = denied else {
+        unreachable!()
+    };
     assert_eq!(retry_after, Duration::from_secs(60));
 
     // api_default saw exactly the five admitted requests.
@@ -60,10 +65,17 @@ fn block_duration_turns_the_next_requests_into_403_until_it_ends() {
     for _ in 0..5 {
         assert!(decide(&engine, &login).is_allowed());
     }
-    assert_eq!(rate_limited_rule(&decide(&engine, &login)), Some("auth_strict"));
+    assert_eq!(
+        rate_limited_rule(&decide(&engine, &login)),
+        Some("auth_strict")
+    );
     // Blocked everywhere now, for 900 s, and retrying does not extend it.
     for path in ["/api/auth/login", "/api/things"] {
-        let req = if path.contains("auth") { login.clone() } else { Req::get(path) };
+        let req = if path.contains("auth") {
+            login.clone()
+        } else {
+            Req::get(path)
+        };
         match decide(&engine, &req) {
             Decision::Blocked { by, retry_after } => {
                 assert_eq!(by, BlockedBy::Violation);
@@ -75,7 +87,10 @@ fn block_duration_turns_the_next_requests_into_403_until_it_ends() {
     clock.advance(Duration::from_secs(899));
     assert!(matches!(decide(&engine, &login), Decision::Blocked { .. }));
     clock.advance(Duration::from_secs(1));
-    assert!(decide(&engine, &login).is_allowed(), "the block ended and the window slid");
+    assert!(
+        decide(&engine, &login).is_allowed(),
+        "the block ended and the window slid"
+    );
     // Another client was never affected.
     assert!(decide(&engine, &login.clone().from("198.51.100.1")).is_allowed());
 }
@@ -86,7 +101,10 @@ fn rule_paths_and_methods_narrow_where_a_rule_counts() {
     for _ in 0..3 {
         assert!(decide(&engine, &Req::post("/api/items")).is_allowed());
     }
-    assert_eq!(rate_limited_rule(&decide(&engine, &Req::post("/api/items/7"))), Some("writes"));
+    assert_eq!(
+        rate_limited_rule(&decide(&engine, &Req::post("/api/items/7"))),
+        Some("writes")
+    );
     // GET and other paths are not counted by `writes`.
     assert!(decide(&engine, &Req::get("/api/items")).is_allowed());
     assert!(decide(&engine, &Req::post("/api/orders")).is_allowed());
@@ -97,11 +115,22 @@ fn without_routes_every_rule_applies_and_with_routes_an_unmatched_request_has_no
     let (engine, _clock) = engine(
         "rules:\n  - { name: a, limit: 1, window: 60 }\n  - { name: b, limit: 5, window: 60, paths: [/x] }\n",
     );
-    assert_eq!(decide(&engine, &Req::get("/x")).quota().map(|q| q.remaining), Some(0));
-    assert_eq!(rate_limited_rule(&decide(&engine, &Req::get("/y"))), Some("a"));
+    assert_eq!(
+        decide(&engine, &Req::get("/x"))
+            .quota()
+            .map(|q| q.remaining),
+        Some(0)
+    );
+    assert_eq!(
+        rate_limited_rule(&decide(&engine, &Req::get("/y"))),
+        Some("a")
+    );
 
     let (routed, _clock) = engine(ROUTED);
-    assert!(matches!(decide(&routed, &Req::get("/elsewhere")), Decision::NoRoute));
+    assert!(matches!(
+        decide(&routed, &Req::get("/elsewhere")),
+        Decision::NoRoute
+    ));
 }
 
 #[test]
@@ -116,19 +145,39 @@ lists:
     );
     for _ in 0..10 {
         let d = decide(&engine, &Req::get("/").from("192.168.1.1"));
-        assert!(matches!(d, Decision::Allow { whitelisted: true, .. }));
+        assert!(matches!(
+            d,
+            Decision::Allow {
+                whitelisted: true,
+                ..
+            }
+        ));
         assert!(decide(&engine, &Req::get("/").from("2001:db8::5")).is_allowed());
     }
     let blocked = decide(&engine, &Req::get("/").from("192.168.66.6"));
-    assert!(matches!(blocked, Decision::Blocked { by: BlockedBy::Blacklist, retry_after: None }));
-    assert!(matches!(decide(&engine, &Req::get("/").from("203.0.113.9")), Decision::Blocked { .. }));
+    assert!(matches!(
+        blocked,
+        Decision::Blocked {
+            by: BlockedBy::Blacklist,
+            retry_after: None
+        }
+    ));
+    assert!(matches!(
+        decide(&engine, &Req::get("/").from("203.0.113.9")),
+        Decision::Blocked { .. }
+    ));
 
     // A run-time entry with a duration expires on time.
-    engine
-        .lists()
-        .add(parse_entry("198.51.100.7").unwrap(), ListKind::Blacklist, Some(engine.now() + 60_000_000_000));
+    engine.lists().add(
+        parse_entry("198.51.100.7").unwrap(),
+        ListKind::Blacklist,
+        Some(engine.now() + 60_000_000_000),
+    );
     match decide(&engine, &Req::get("/").from("198.51.100.7")) {
-        Decision::Blocked { by: BlockedBy::Blacklist, retry_after } => {
+        Decision::Blocked {
+            by: BlockedBy::Blacklist,
+            retry_after,
+        } => {
             assert_eq!(retry_after, Some(Duration::from_secs(60)))
         }
         other => panic!("expected blacklist, got {other:?}"),
@@ -142,7 +191,13 @@ fn the_whitelist_beats_an_earned_block() {
     let (engine, _clock) = engine(
         "rules: [{ name: one, limit: 1, window: 60, block_duration: 600 }]\nlists: { whitelist: [10.1.1.1] }\n",
     );
-    engine.blocks().block("ip:10.1.1.1", ratethrottle::protect::blocks::BlockReason::Ddos, None, 0, u64::MAX);
+    engine.blocks().block(
+        "ip:10.1.1.1",
+        ratethrottle::protect::blocks::BlockReason::Ddos,
+        None,
+        0,
+        u64::MAX,
+    );
     assert!(decide(&engine, &Req::get("/").from("10.1.1.1")).is_allowed());
 }
 
@@ -154,7 +209,11 @@ fn shadow_rules_report_without_rejecting() {
     let mut shadow_hits = 0;
     for _ in 0..5 {
         match decide(&engine, &Req::get("/")) {
-            Decision::Allow { shadow_denied, quota, .. } => {
+            Decision::Allow {
+                shadow_denied,
+                quota,
+                ..
+            } => {
                 shadow_hits += shadow_denied.len();
                 assert_eq!(quota.map(|q| q.rule.to_string()), Some("real".into()));
             }
@@ -165,12 +224,18 @@ fn shadow_rules_report_without_rejecting() {
     let stats = engine.stats().snapshot();
     assert_eq!(stats.rules["dry"].shadow_blocked, 3);
     assert_eq!(stats.blocked_requests, 0);
-    assert!(stats.recent_violations.iter().all(|v| v.shadow && v.rule == "dry"));
+    assert!(
+        stats
+            .recent_violations
+            .iter()
+            .all(|v| v.shadow && v.rule == "dry")
+    );
 }
 
 #[test]
 fn violation_handlers_receive_each_violation_off_the_request_path() {
-    let (engine, clock) = engine("rules: [{ name: tight, limit: 2, window: 10s, strategy: fixed_window }]\n");
+    let (engine, clock) =
+        engine("rules: [{ name: tight, limit: 2, window: 10s, strategy: fixed_window }]\n");
     let seen: Arc<Mutex<Vec<Violation>>> = Arc::default();
     let sink = Arc::clone(&seen);
     engine.on_violation(move |v| sink.lock().push(v.clone()));
@@ -209,7 +274,10 @@ fn a_slow_violation_handler_never_blocks_requests() {
     for _ in 0..10_001 {
         decide(&engine, &Req::get("/"));
     }
-    assert!(engine.violation_hub().dropped() > 0, "the bounded queue dropped the excess");
+    assert!(
+        engine.violation_hub().dropped() > 0,
+        "the bounded queue dropped the excess"
+    );
     release.wait();
 }
 
@@ -221,8 +289,19 @@ fn statistics_count_requests_violations_and_offenders() {
     }
     decide(&engine, &Req::get("/").from("203.0.113.2"));
     let stats = engine.stats().snapshot();
-    assert_eq!((stats.total_requests, stats.allowed_requests, stats.blocked_requests), (11, 4, 7));
-    assert!((stats.block_rate - 63.64).abs() < 0.01, "{}", stats.block_rate);
+    assert_eq!(
+        (
+            stats.total_requests,
+            stats.allowed_requests,
+            stats.blocked_requests
+        ),
+        (11, 4, 7)
+    );
+    assert!(
+        (stats.block_rate - 63.64).abs() < 0.01,
+        "{}",
+        stats.block_rate
+    );
     assert_eq!(stats.top_offenders[0].identity, "ip:203.0.113.1");
     assert_eq!(stats.top_offenders[0].violations, 7);
     assert_eq!((stats.rules["r"].allowed, stats.rules["r"].blocked), (4, 7));
@@ -232,32 +311,46 @@ fn statistics_count_requests_violations_and_offenders() {
 
 #[test]
 fn forwarded_for_counts_the_real_client_only_behind_a_trusted_proxy() {
-    let yaml = "global: { trusted_proxies: [10.0.0.0/8] }\nrules: [{ name: r, limit: 1, window: 60 }]\n";
+    let yaml =
+        "global: { trusted_proxies: [10.0.0.0/8] }\nrules: [{ name: r, limit: 1, window: 60 }]\n";
     let (engine, _clock) = engine(yaml);
     // Two clients behind our proxy are counted apart.
-    let via_proxy = |client: &str| Req::get("/").from("10.0.0.2").header("x-forwarded-for", client);
+    let via_proxy = |client: &str| {
+        Req::get("/")
+            .from("10.0.0.2")
+            .header("x-forwarded-for", client)
+    };
     assert!(decide(&engine, &via_proxy("198.51.100.1")).is_allowed());
     assert!(decide(&engine, &via_proxy("198.51.100.2")).is_allowed());
     assert!(!decide(&engine, &via_proxy("198.51.100.1")).is_allowed());
     // A direct client cannot dodge its limit by inventing X-Forwarded-For.
-    let direct = |spoof: &str| Req::get("/").from("203.0.113.3").header("x-forwarded-for", spoof);
+    let direct = |spoof: &str| {
+        Req::get("/")
+            .from("203.0.113.3")
+            .header("x-forwarded-for", spoof)
+    };
     assert!(decide(&engine, &direct("1.1.1.1")).is_allowed());
     assert!(!decide(&engine, &direct("2.2.2.2")).is_allowed());
 }
 
 #[test]
 fn identity_keys_count_api_keys_apart_and_fall_back_to_the_address() {
-    let (engine, _clock) = engine("rules: [{ name: r, limit: 1, window: 60, key: header:x-api-key }]\n");
+    let (engine, _clock) =
+        engine("rules: [{ name: r, limit: 1, window: 60, key: header:x-api-key }]\n");
     assert!(decide(&engine, &Req::get("/").header("x-api-key", "alpha")).is_allowed());
     assert!(decide(&engine, &Req::get("/").header("x-api-key", "beta")).is_allowed());
     assert!(!decide(&engine, &Req::get("/").header("x-api-key", "alpha")).is_allowed());
-    assert!(decide(&engine, &Req::get("/")).is_allowed(), "no key: counted by address");
+    assert!(
+        decide(&engine, &Req::get("/")).is_allowed(),
+        "no key: counted by address"
+    );
     assert!(!decide(&engine, &Req::get("/")).is_allowed());
 }
 
 #[test]
 fn a_disabled_gateway_decides_nothing() {
-    let (engine, _clock) = engine("global: { enabled: false }\nrules: [{ name: r, limit: 1, window: 60 }]\n");
+    let (engine, _clock) =
+        engine("global: { enabled: false }\nrules: [{ name: r, limit: 1, window: 60 }]\n");
     for _ in 0..5 {
         assert!(decide(&engine, &Req::get("/")).is_allowed());
     }
@@ -275,7 +368,10 @@ fn a_reload_keeps_counters_of_unchanged_rules_and_applies_new_limits() {
         "rules:\n  - { name: kept, limit: 4, window: 60, strategy: fixed_window }\n  - { name: other, limit: 5, window: 60, paths: [/r] }\n",
     ));
     // `kept` carries its 3 and now allows 4: one left.
-    assert_eq!(decide(&engine, &Req::get("/")).quota().map(|q| q.remaining), Some(0));
+    assert_eq!(
+        decide(&engine, &Req::get("/")).quota().map(|q| q.remaining),
+        Some(0)
+    );
     assert!(!decide(&engine, &Req::get("/")).is_allowed());
     // A rule under a new name starts afresh.
     let fresh = decide(&engine, &Req::get("/r"));
@@ -284,8 +380,15 @@ fn a_reload_keeps_counters_of_unchanged_rules_and_applies_new_limits() {
 
 #[test]
 fn eight_threads_through_the_engine_allow_exactly_the_limit() {
-    for strategy in ["sliding_window", "sliding_window_counter", "token_bucket", "leaky_bucket", "fixed_window"] {
-        let yaml = format!("rules: [{{ name: hot, limit: 500, window: 1h, strategy: {strategy} }}]\n");
+    for strategy in [
+        "sliding_window",
+        "sliding_window_counter",
+        "token_bucket",
+        "leaky_bucket",
+        "fixed_window",
+    ] {
+        let yaml =
+            format!("rules: [{{ name: hot, limit: 500, window: 1h, strategy: {strategy} }}]\n");
         let (engine, _clock) = engine(&yaml);
         let allowed = Arc::new(AtomicU64::new(0));
         let threads: Vec<_> = (0..8)
@@ -339,8 +442,14 @@ fn an_unreachable_store_follows_on_error() {
     use ratethrottle::clock::ManualClock;
     use ratethrottle::engine::Engine;
     for (policy, expect_allowed) in [("allow", true), ("deny", false)] {
-        let yaml = format!("storage: {{ on_error: {policy} }}\nrules: [{{ name: r, limit: 1, window: 60 }}]\n");
-        let engine = Engine::new(config_from(&yaml), Arc::new(DownStore), ManualClock::at_test_epoch());
+        let yaml = format!(
+            "storage: {{ on_error: {policy} }}\nrules: [{{ name: r, limit: 1, window: 60 }}]\n"
+        );
+        let engine = Engine::new(
+            config_from(&yaml),
+            Arc::new(DownStore),
+            ManualClock::at_test_epoch(),
+        );
         for _ in 0..3 {
             let decision = decide(&engine, &Req::get("/"));
             assert_eq!(decision.is_allowed(), expect_allowed, "{policy}");
@@ -354,9 +463,12 @@ fn an_unreachable_store_follows_on_error() {
 
 #[tokio::test(start_paused = true)]
 async fn the_sweeper_task_frees_idle_keys_on_its_interval() {
-    let (engine, clock) = engine("rules: [{ name: r, limit: 10, window: 1s, strategy: token_bucket }]\n");
+    let (engine, clock) =
+        engine("rules: [{ name: r, limit: 10, window: 1s, strategy: token_bucket }]\n");
     for i in 0..100 {
-        engine.decide(&Req::get("/").from(&format!("10.9.0.{i}")).facts()).await;
+        engine
+            .decide(&Req::get("/").from(&format!("10.9.0.{i}")).facts())
+            .await;
     }
     assert_eq!(engine.store().key_count(), Some(100));
     let sweeper = ratethrottle::engine::Engine::spawn_sweeper(&engine, Duration::from_secs(30));

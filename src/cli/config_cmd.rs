@@ -1,7 +1,6 @@
 //! `ratethrottle config --validate | --show | --export FILE`.
 
 use std::path::PathBuf;
-use std::io::Write;
 
 use anyhow::Context;
 use clap::Args;
@@ -38,7 +37,12 @@ pub fn run(cli: &Cli, args: &ConfigArgs, io: &mut Io<'_>) -> anyhow::Result<u8> 
         writeln!(io.err, "warning: {warning}")?;
     }
     if args.validate {
-        writeln!(io.out, "{}: {}", path.display(), config::summary(&loaded.config))?;
+        writeln!(
+            io.out,
+            "{}: {}",
+            path.display(),
+            config::summary(&loaded.config)
+        )?;
     }
     if args.show {
         write!(io.out, "{}", config::to_yaml(&loaded.config))?;

@@ -47,7 +47,11 @@ pub enum Command {
 
 /// The process entry point: real arguments, stdout and stderr.
 pub fn main() -> ExitCode {
-    let code = run(std::env::args_os(), &mut std::io::stdout(), &mut std::io::stderr());
+    let code = run(
+        std::env::args_os(),
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    );
     ExitCode::from(code)
 }
 
@@ -96,7 +100,9 @@ pub struct Io<'a> {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

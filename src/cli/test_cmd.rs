@@ -47,6 +47,7 @@ pub struct TestArgs {
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
     config::parse_duration(text)
+        .ok_or_else(|| format!("expected a duration like 0, 100ms, 1s, 1m, got \"{text}\""))
 }
 
 #[derive(Debug, Serialize)]
@@ -96,9 +97,25 @@ pub fn run(cli: &Cli, args: &TestArgs, io: &mut Io<'_>) -> anyhow::Result<u8> {
             return Ok(1);
         }
     };
-    let Some(rule) = loaded.config.rules.iter().find(|r| r.name == args.rule).cloned() else {
-        let names: Vec<&str> = loaded.config.rules.iter().map(|r| r.name.as_str()).collect();
-        bail!("no rule named \"{}\" in {} (rules: {})", args.rule, path.display(), names.join(", "));
+    let Some(rule) = loaded
+        .config
+        .rules
+        .iter()
+        .find(|r| r.name == args.rule)
+        .cloned()
+    else {
+        let names: Vec<&str> = loaded
+            .config
+            .rules
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        bail!(
+            "no rule named \"{}\" in {} (rules: {})",
+            args.rule,
+            path.display(),
+            names.join(", ")
+        );
     };
 
     let clock = ManualClock::new(SystemClock.now());
@@ -129,7 +146,8 @@ pub fn run(cli: &Cli, args: &TestArgs, io: &mut Io<'_>) -> anyhow::Result<u8> {
         if n > 1 {
             clock.advance(interval);
         }
-        let verdict = runtime.block_on(engine.check_rule(&args.rule, &args.identifier, args.cost))?;
+        let verdict =
+            runtime.block_on(engine.check_rule(&args.rule, &args.identifier, args.cost))?;
         let retry = verdict.retry_after.map(Duration::from_nanos);
         if verdict.allowed {
             replay.allowed += 1;
@@ -161,14 +179,28 @@ pub fn run(cli: &Cli, args: &TestArgs, io: &mut Io<'_>) -> anyhow::Result<u8> {
 }
 
 fn print_table(r: &Replay, out: &mut dyn Write) -> std::io::Result<()> {
-    writeln!(out, "rule           {} ({}, {} per {}, key {})", r.rule, r.strategy, r.limit, secs(r.window_secs), r.key)?;
+    writeln!(
+        out,
+        "rule           {} ({}, {} per {}, key {})",
+        r.rule,
+        r.strategy,
+        r.limit,
+        secs(r.window_secs),
+        r.key
+    )?;
     writeln!(out, "identifier     {}", r.identifier)?;
-    writeln!(out, "requests       {} sent {} apart", r.requests, secs(r.interval_secs))?;
+    writeln!(
+        out,
+        "requests       {} sent {} apart",
+        r.requests,
+        secs(r.interval_secs)
+    )?;
     if !r.each.is_empty() {
         writeln!(out)?;
         writeln!(out, "  #      at        decision  remaining  retry-after")?;
         for s in &r.each {
-            writeln!(out, 
+            writeln!(
+                out,
                 "  {:<6} {:<9} {:<9} {:<10} {}",
                 s.request,
                 secs(s.at_secs),
@@ -184,12 +216,18 @@ fn print_table(r: &Replay, out: &mut dyn Write) -> std::io::Result<()> {
     match (r.first_blocked, r.retry_after_exact_secs) {
         (Some(n), Some(exact)) => {
             writeln!(out, "first blocked  request #{n}")?;
-            writeln!(out, "retry after    {}s (Retry-After header; exactly {})", r.retry_after.unwrap_or(1), secs(exact))?;
+            writeln!(
+                out,
+                "retry after    {}s (Retry-After header; exactly {})",
+                r.retry_after.unwrap_or(1),
+                secs(exact)
+            )?;
         }
         _ => writeln!(out, "first blocked  none")?,
     }
     if r.blocked > 0 && r.block_duration_secs > 0.0 {
-        writeln!(out, 
+        writeln!(
+            out,
             "block          through the gateway, the identity would then get 403 for {} (block_duration)",
             secs(r.block_duration_secs)
         )?;

@@ -39,6 +39,12 @@ pub struct Config {
     pub websocket_defaults: WebSocketLimits,
     pub grpc_defaults: GrpcLimits,
     pub graphql_defaults: GraphqlLimits,
+    /// The seed's `websocket.enabled` / `grpc.enabled` / `graphql.enabled`:
+    /// when true, routes without their own block get the defaults (already
+    /// filled in by the loader), and so do requests when there are no routes.
+    pub websocket_enabled: bool,
+    pub grpc_enabled: bool,
+    pub graphql_enabled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
