@@ -66,7 +66,7 @@ where
         Ok(cli) => cli,
         Err(error) => {
             // --help and --version arrive as "errors" meant for stdout, exit 0.
-            let text = error.render().ansi().to_string();
+            let text = error.render().to_string();
             return if error.use_stderr() {
                 let _ = write!(err, "{text}");
                 2
