@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Method};
@@ -18,6 +18,7 @@ use crate::config::{Config, OnError};
 use crate::decision::{BlockedBy, Decision, Quota};
 use crate::identity::{self, IdentitySource};
 use crate::limit::{NANOS_PER_SEC, Nanos, Verdict};
+use crate::metrics::{DecisionCounters, DecisionKind, Histogram, LATENCY_BUCKETS, RequestCounters};
 use crate::protect::blocks::{BlockReason, Blocks};
 use crate::protect::lists::{ListMatch, Lists};
 use crate::route::{self, RouteRequest};
@@ -57,6 +58,8 @@ pub struct Engine {
     violations: ViolationHub,
     store_errors: AtomicU64,
     last_store_error_log: AtomicU64,
+    requests: RequestCounters,
+    decision_latency: Histogram,
 }
 
 impl Engine {
@@ -64,7 +67,8 @@ impl Engine {
         let stats = Stats::new();
         let lists = Lists::new();
         lists.set_config_entries(&config.lists.whitelist, &config.lists.blacklist);
-        let snapshot = Snapshot::compile(Arc::new(config), &stats);
+        let requests = RequestCounters::default();
+        let snapshot = Snapshot::compile(Arc::new(config), &stats, &requests);
         Engine {
             snapshot: ArcSwap::from_pointee(snapshot),
             store,
@@ -75,6 +79,8 @@ impl Engine {
             violations: ViolationHub::new(),
             store_errors: AtomicU64::new(0),
             last_store_error_log: AtomicU64::new(0),
+            requests,
+            decision_latency: Histogram::new(LATENCY_BUCKETS),
         }
     }
 
@@ -84,7 +90,7 @@ impl Engine {
     pub fn apply_config(&self, config: Config) {
         self.lists
             .set_config_entries(&config.lists.whitelist, &config.lists.blacklist);
-        let snapshot = Snapshot::compile(Arc::new(config), &self.stats);
+        let snapshot = Snapshot::compile(Arc::new(config), &self.stats, &self.requests);
         self.snapshot.store(Arc::new(snapshot));
     }
 
@@ -110,6 +116,15 @@ impl Engine {
 
     pub fn now(&self) -> Nanos {
         self.clock.now()
+    }
+
+    /// `ratethrottle_requests_total` by route, rule and decision.
+    pub fn request_counters(&self) -> &RequestCounters {
+        &self.requests
+    }
+
+    pub fn decision_latency(&self) -> &Histogram {
+        &self.decision_latency
     }
 
     pub fn store_errors(&self) -> u64 {
@@ -155,15 +170,36 @@ impl Engine {
     }
 
     pub async fn decide(&self, facts: &RequestFacts<'_>) -> Decision {
+        let started = Instant::now();
         let snapshot = self.snapshot.load();
+        let (decision, counters) = self.decide_with(&snapshot, facts).await;
+        let kind = match &decision {
+            Decision::Allow { .. } => DecisionKind::Allowed,
+            Decision::RateLimited { .. } => DecisionKind::RateLimited,
+            Decision::Blocked { .. } => DecisionKind::Blocked,
+            Decision::NoRoute => DecisionKind::NoRoute,
+            Decision::Unavailable { .. } => DecisionKind::Unavailable,
+        };
+        counters.count(kind);
+        match kind {
+            DecisionKind::Allowed => self.stats.record_allowed(),
+            DecisionKind::NoRoute => {}
+            _ => self.stats.record_blocked(),
+        }
+        self.decision_latency.observe(started.elapsed());
+        decision
+    }
+
+    /// The decision, and the counters of the (route, rule) it is reported under.
+    async fn decide_with<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        facts: &RequestFacts<'_>,
+    ) -> (Decision, &'s DecisionCounters) {
         let config = &snapshot.config;
+        let unrouted = &snapshot.rules.none;
         if !config.global.enabled {
-            return Decision::Allow {
-                quota: None,
-                route: None,
-                whitelisted: false,
-                shadow_denied: Vec::new(),
-            };
+            return (allow(None, None, Vec::new()), unrouted);
         }
         let now = self.clock.now();
         let client_ip = facts.client_ip.unwrap_or_else(|| {
@@ -172,21 +208,21 @@ impl Engine {
 
         match self.lists.lookup(client_ip, now) {
             Some(ListMatch::Whitelisted) => {
-                self.stats.record_allowed();
-                return Decision::Allow {
+                let decision = Decision::Allow {
                     quota: None,
                     route: None,
                     whitelisted: true,
                     shadow_denied: Vec::new(),
                 };
+                return (decision, unrouted);
             }
             Some(ListMatch::Blacklisted { expires }) => {
-                self.stats.record_blocked();
-                return Decision::Blocked {
+                let decision = Decision::Blocked {
                     by: BlockedBy::Blacklist,
                     retry_after: expires
                         .map(|t| Duration::from_nanos(t.saturating_sub(now).max(1))),
                 };
+                return (decision, unrouted);
             }
             None => {}
         }
@@ -200,15 +236,17 @@ impl Engine {
         let route = match &snapshot.routes {
             Some(routes) => match route::find(routes, &route_request) {
                 Some(route) => Some(route),
-                None => return Decision::NoRoute,
+                None => return (Decision::NoRoute, unrouted),
             },
             None => None,
         };
-        let candidate_rules = route.as_ref().map_or(&snapshot.rules, |r| &r.rules);
-        let rules: SmallVec<[&Arc<Rule>; 4]> = candidate_rules
-            .iter()
-            .filter(|rule| rule.applies(facts.method, facts.path))
+        let rule_set = route.map_or(&snapshot.rules, |r| &r.rules);
+        // Indices into `rule_set` of the rules whose paths/methods take this request.
+        let applying: SmallVec<[usize; 4]> = (0..rule_set.rules.len())
+            .filter(|&i| rule_set.rules[i].applies(facts.method, facts.path))
             .collect();
+        let rules: SmallVec<[&Arc<Rule>; 4]> =
+            applying.iter().map(|&i| &rule_set.rules[i]).collect();
 
         let source = IdentitySource {
             client_ip,
@@ -216,7 +254,7 @@ impl Engine {
             path: facts.path,
             query: facts.query,
             headers: facts.headers,
-            route: route.as_ref().map(|r| &*r.name),
+            route: route.map(|r| &*r.name),
         };
         let identities: SmallVec<[String; 4]> = rules
             .iter()
@@ -224,12 +262,10 @@ impl Engine {
             .collect();
 
         if let Some(decision) = self.active_block(client_ip, &identities, now) {
-            self.stats.record_blocked();
-            return decision;
+            return (decision, &rule_set.none);
         }
         if rules.is_empty() {
-            self.stats.record_allowed();
-            return allow(None, route.cloned(), Vec::new());
+            return (allow(None, route.cloned(), Vec::new()), &rule_set.none);
         }
 
         let checks: SmallVec<[LimitCheck<'_>; 4]> = rules
@@ -249,38 +285,17 @@ impl Engine {
         let verdicts = match self.store.check(&checks, now).await {
             Ok(verdicts) if verdicts.len() == checks.len() => verdicts,
             Ok(_) => {
-                return self.store_failed(
-                    &snapshot,
-                    StoreError::Protocol("wrong number of verdicts".into()),
-                );
+                let error = StoreError::Protocol("wrong number of verdicts".into());
+                return (self.store_failed(snapshot, error), &rule_set.none);
             }
-            Err(error) => return self.store_failed(&snapshot, error),
+            Err(error) => return (self.store_failed(snapshot, error), &rule_set.none),
         };
 
         let outcome = Outcome::of(&rules, &verdicts);
-        let route_name = route.as_ref().map(|r| r.name.to_string());
+        let route_name = route.map(|r| r.name.to_string());
         let mut shadow_denied = Vec::new();
         for (i, (rule, verdict)) in rules.iter().zip(&verdicts).enumerate() {
-            if rule.shadow {
-                if verdict.allowed {
-                    rule.counters.allowed.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    rule.counters.shadow_blocked.fetch_add(1, Ordering::Relaxed);
-                    shadow_denied.push(Arc::clone(&rule.name));
-                    self.report(
-                        rule,
-                        verdict,
-                        &identities[i],
-                        client_ip,
-                        &route_name,
-                        facts.cost,
-                        true,
-                    );
-                }
-            } else if outcome.allowed {
-                rule.counters.allowed.fetch_add(1, Ordering::Relaxed);
-            } else if !verdict.allowed {
-                rule.counters.blocked.fetch_add(1, Ordering::Relaxed);
+            let report = |shadow| {
                 self.report(
                     rule,
                     verdict,
@@ -288,8 +303,22 @@ impl Engine {
                     client_ip,
                     &route_name,
                     facts.cost,
-                    false,
-                );
+                    shadow,
+                )
+            };
+            if rule.shadow {
+                if verdict.allowed {
+                    rule.counters.allowed.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    rule.counters.shadow_blocked.fetch_add(1, Ordering::Relaxed);
+                    shadow_denied.push(Arc::clone(&rule.name));
+                    report(true);
+                }
+            } else if outcome.allowed {
+                rule.counters.allowed.fetch_add(1, Ordering::Relaxed);
+            } else if !verdict.allowed {
+                rule.counters.blocked.fetch_add(1, Ordering::Relaxed);
+                report(false);
                 if !rule.block_duration.is_zero() {
                     let until = now.saturating_add(rule.block_duration.as_nanos() as u64);
                     self.blocks.block(
@@ -304,21 +333,20 @@ impl Engine {
         }
 
         let Some(index) = outcome.reported else {
-            self.stats.record_allowed();
-            return allow(None, route.cloned(), shadow_denied);
+            return (allow(None, route.cloned(), shadow_denied), &rule_set.none);
         };
+        let counters = &rule_set.counters[applying[index]];
         let quota = quota(rules[index], &verdicts[index]);
-        if outcome.allowed {
-            self.stats.record_allowed();
+        let decision = if outcome.allowed {
             allow(Some(quota), route.cloned(), shadow_denied)
         } else {
-            self.stats.record_blocked();
             let retry = verdicts[index].retry_after.unwrap_or(1);
             Decision::RateLimited {
                 quota,
                 retry_after: Duration::from_nanos(retry),
             }
-        }
+        };
+        (decision, counters)
     }
 
     fn active_block(
@@ -396,16 +424,10 @@ impl Engine {
             tracing::warn!(%error, on_error = ?snapshot.on_error(), store = self.store.kind(), "store check failed");
         }
         match snapshot.on_error() {
-            OnError::Allow => {
-                self.stats.record_allowed();
-                allow(None, None, Vec::new())
-            }
-            OnError::Deny => {
-                self.stats.record_blocked();
-                Decision::Unavailable {
-                    retry_after: UNAVAILABLE_RETRY,
-                }
-            }
+            OnError::Allow => allow(None, None, Vec::new()),
+            OnError::Deny => Decision::Unavailable {
+                retry_after: UNAVAILABLE_RETRY,
+            },
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Method};
 
 use crate::config::{RouteConfig, RouteMatch};
-use crate::snapshot::Rule;
+use crate::snapshot::RuleSet;
 
 /// A compiled route.
 #[derive(Debug)]
@@ -15,7 +15,7 @@ pub struct Route {
     pub matcher: RouteMatch,
     /// The upstream to forward to (already resolved to `default` / the only one).
     pub upstream: Option<String>,
-    pub rules: Vec<Arc<Rule>>,
+    pub rules: RuleSet,
     pub config: RouteConfig,
 }
 

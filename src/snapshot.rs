@@ -12,6 +12,7 @@ use siphasher::sip::SipHasher13;
 use crate::config::{Config, DescriptorConfig, OnError, RuleConfig};
 use crate::identity::KeySpec;
 use crate::limit::Limit;
+use crate::metrics::{DecisionCounters, RequestCounters};
 use crate::route::Route;
 use crate::stats::{RuleCounters, Stats};
 
@@ -67,11 +68,32 @@ fn counter_seed(name: &str, strategy: &str, key: &KeySpec) -> u64 {
     hasher.finish()
 }
 
+/// The rules one request may be checked against (a route's, or every rule
+/// when there are no routes) with their request counters, aligned by index.
+#[derive(Debug)]
+pub struct RuleSet {
+    pub rules: Vec<Arc<Rule>>,
+    /// `counters[i]` counts requests reported under `rules[i]`.
+    pub counters: Vec<Arc<DecisionCounters>>,
+    /// Requests decided without a rule (no rule applied, blocked, store down).
+    pub none: Arc<DecisionCounters>,
+}
+
+impl RuleSet {
+    fn new(route: &str, rules: Vec<Arc<Rule>>, counters: &RequestCounters) -> RuleSet {
+        RuleSet {
+            counters: rules.iter().map(|r| counters.get(route, &r.name)).collect(),
+            none: counters.get(route, ""),
+            rules,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Snapshot {
     pub config: Arc<Config>,
-    /// Every rule, in file order.
-    pub rules: Vec<Arc<Rule>>,
+    /// Every rule, in file order; what applies when there are no routes.
+    pub rules: RuleSet,
     rules_by_name: HashMap<String, Arc<Rule>>,
     /// `None` without a `routes` section: every rule applies to every request.
     pub routes: Option<Vec<Arc<Route>>>,
@@ -80,7 +102,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn compile(config: Arc<Config>, stats: &Stats) -> Snapshot {
+    pub fn compile(config: Arc<Config>, stats: &Stats, counters: &RequestCounters) -> Snapshot {
         let rules: Vec<Arc<Rule>> = config
             .rules
             .iter()
@@ -108,11 +130,15 @@ impl Snapshot {
                         matcher: route.matcher.clone(),
                         upstream: route.upstream.clone().or_else(|| default_upstream.clone()),
                         // Validation guarantees every name exists.
-                        rules: route
-                            .rules
-                            .iter()
-                            .filter_map(|name| rules_by_name.get(name).cloned())
-                            .collect(),
+                        rules: RuleSet::new(
+                            &route.name,
+                            route
+                                .rules
+                                .iter()
+                                .filter_map(|name| rules_by_name.get(name).cloned())
+                                .collect(),
+                            counters,
+                        ),
                         config: route.clone(),
                     })
                 })
@@ -120,7 +146,7 @@ impl Snapshot {
         });
         Snapshot {
             config,
-            rules,
+            rules: RuleSet::new("", rules, counters),
             rules_by_name,
             routes,
             default_upstream,

@@ -486,3 +486,19 @@ async fn the_sweeper_task_frees_idle_keys_on_its_interval() {
     assert_eq!(engine.store().key_count(), Some(0));
     sweeper.abort();
 }
+
+#[test]
+fn request_counters_split_by_route_rule_and_decision() {
+    use ratethrottle::metrics::DecisionKind;
+    let (engine, _clock) = engine(&ROUTED.replace("block_duration: 900", "block_duration: 0"));
+    for _ in 0..7 {
+        decide(&engine, &Req::post("/api/auth/login"));
+    }
+    decide(&engine, &Req::get("/nowhere"));
+    let counters = engine.request_counters();
+    let login = counters.get("login", "auth_strict");
+    assert_eq!(login.get(DecisionKind::Allowed), 5);
+    assert_eq!(login.get(DecisionKind::RateLimited), 2);
+    assert_eq!(counters.get("", "").get(DecisionKind::NoRoute), 1);
+    assert_eq!(engine.decision_latency().count(), 8);
+}
