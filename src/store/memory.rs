@@ -118,6 +118,42 @@ fn expiry_now(now: Nanos) -> u32 {
 }
 
 impl Shard {
+    /// A batch of one: check and consume with one lookup and one step.
+    fn step(&mut self, key: &Key, check: &LimitCheck<'_>, now: Nanos) -> Verdict {
+        let limit = &check.limit;
+        if limit.strategy.is_compact() {
+            if let Some(entry) = self.compact.get_mut(key) {
+                let verdict = limit.step_compact(&mut entry.state, now, check.cost);
+                if verdict.allowed {
+                    entry.expires = expiry(now, verdict.reset_after);
+                }
+                return verdict;
+            }
+            let mut state = [0; 2];
+            let verdict = limit.step_compact(&mut state, now, check.cost);
+            if verdict.allowed {
+                let expires = expiry(now, verdict.reset_after);
+                self.compact.insert(*key, CompactEntry { state, expires });
+            }
+            verdict
+        } else {
+            if let Some(entry) = self.logs.get_mut(key) {
+                let verdict = limit.step_log(&mut entry.log, now, check.cost);
+                if verdict.allowed {
+                    entry.expires = expiry(now, verdict.reset_after);
+                }
+                return verdict;
+            }
+            let mut log = SlidingLog::default();
+            let verdict = limit.step_log(&mut log, now, check.cost);
+            if verdict.allowed {
+                let expires = expiry(now, verdict.reset_after);
+                self.logs.insert(*key, LogEntry { log, expires });
+            }
+            verdict
+        }
+    }
+
     /// Checks without consuming; the state is brought forward in place.
     fn check(&mut self, key: &Key, check: &LimitCheck<'_>, now: Nanos) -> Verdict {
         let limit = &check.limit;
@@ -207,11 +243,7 @@ impl MemoryStore {
         if let [single] = checks {
             let key = self.key(single);
             let mut shard = self.shards[Self::shard_of(&key)].lock();
-            let verdict = shard.check(&key, single, now);
-            if verdict.allowed {
-                shard.consume(&key, single, now, &verdict);
-            }
-            return smallvec::smallvec![verdict];
+            return smallvec::smallvec![shard.step(&key, single, now)];
         }
 
         let keys: SmallVec<[Key; 4]> = checks.iter().map(|c| self.key(c)).collect();
