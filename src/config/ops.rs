@@ -147,10 +147,10 @@ pub fn violations(r: &mut Report, top: &Fields<'_>, log_default: bool) -> Violat
             _ => read::list(r, node, &path).unwrap_or_default(),
         };
         for (item, path) in items {
-            if let Some(w) = Fields::new(r, item, &path, Some(WEBHOOK_KEYS)) {
-                if let Some(hook) = webhook(r, &w, "url", WebhookFormat::Json) {
-                    v.webhooks.push(hook);
-                }
+            if let Some(w) = Fields::new(r, item, &path, Some(WEBHOOK_KEYS))
+                && let Some(hook) = webhook(r, &w, "url", WebhookFormat::Json)
+            {
+                v.webhooks.push(hook);
             }
         }
     }
@@ -174,20 +174,20 @@ fn webhook(
         .with(r, "timeout", |r, n, p| read::duration(r, n, p, true))
         .unwrap_or(Duration::from_secs(2));
     let mut headers = BTreeMap::new();
-    if let Some(node) = f.get("headers") {
-        if let Some(h) = Fields::new(r, node, &f.at("headers"), None) {
-            for (name, k, value) in h.entries() {
-                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                    r.error(
-                        k.origin,
-                        &h.at(name),
-                        format!("{name:?} is not a valid header name"),
-                    );
-                    continue;
-                }
-                if let Some(v) = read::string(r, value, &h.at(name)) {
-                    headers.insert(name.to_string(), v);
-                }
+    if let Some(node) = f.get("headers")
+        && let Some(h) = Fields::new(r, node, &f.at("headers"), None)
+    {
+        for (name, k, value) in h.entries() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                r.error(
+                    k.origin,
+                    &h.at(name),
+                    format!("{name:?} is not a valid header name"),
+                );
+                continue;
+            }
+            if let Some(v) = read::string(r, value, &h.at(name)) {
+                headers.insert(name.to_string(), v);
             }
         }
     }
@@ -308,10 +308,10 @@ pub fn alerting(r: &mut Report, top: &Fields<'_>) -> AlertingConfig {
             "PagerDuty alerts are not sent; use alerting.webhook",
         ),
     ] {
-        if let Some(node) = f.get(key) {
-            if section_enabled(r, node, &f.at(key)) {
-                f.ignored(r, key, what);
-            }
+        if let Some(node) = f.get(key)
+            && section_enabled(r, node, &f.at(key))
+        {
+            f.ignored(r, key, what);
         }
     }
     a
@@ -334,12 +334,12 @@ pub fn alert_webhooks(r: &mut Report, top: &Fields<'_>, config: &mut Config) {
     let active = config.alerting.enabled;
     if let Some(w) = f.section(r, "webhook", ALERT_WEBHOOK_KEYS) {
         let on = w.with(r, "enabled", read::boolean).unwrap_or(true);
-        if w.get("url").is_some() || on {
-            if let Some(hook) = webhook(r, &w, "url", WebhookFormat::Json) {
-                if active && on {
-                    config.violations.webhooks.push(hook);
-                }
-            }
+        if (w.get("url").is_some() || on)
+            && let Some(hook) = webhook(r, &w, "url", WebhookFormat::Json)
+            && active
+            && on
+        {
+            config.violations.webhooks.push(hook);
         }
     }
     if let Some(s) = f.section(r, "slack", SLACK_KEYS) {
@@ -353,12 +353,12 @@ pub fn alert_webhooks(r: &mut Report, top: &Fields<'_>, config: &mut Config) {
                 );
             }
         }
-        if s.get("webhook_url").is_some() || on {
-            if let Some(hook) = webhook(r, &s, "webhook_url", WebhookFormat::Slack) {
-                if active && on {
-                    config.violations.webhooks.push(hook);
-                }
-            }
+        if (s.get("webhook_url").is_some() || on)
+            && let Some(hook) = webhook(r, &s, "webhook_url", WebhookFormat::Slack)
+            && active
+            && on
+        {
+            config.violations.webhooks.push(hook);
         }
     }
 }

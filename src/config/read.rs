@@ -89,11 +89,11 @@ impl<'a> Fields<'a> {
                 );
                 continue;
             }
-            if let Some(allowed) = allowed {
-                if !allowed.contains(&name) {
-                    r.error(key.origin, &key_path, unknown_key(name, allowed));
-                    continue;
-                }
+            if let Some(allowed) = allowed
+                && !allowed.contains(&name)
+            {
+                r.error(key.origin, &key_path, unknown_key(name, allowed));
+                continue;
             }
             fields.entries.push((name, key, value));
         }

@@ -413,22 +413,21 @@ fn route_match(r: &mut Report, m: &Fields<'_>) -> RouteMatch {
     if let Some(n) = m.get("methods") {
         out.methods = read::list_of(r, n, &m.at("methods"), method);
     }
-    if let Some(n) = m.get("headers") {
-        if let Some(headers) = Fields::new(r, n, &m.at("headers"), None) {
-            for (name, k, value) in headers.entries() {
-                let valid =
-                    !name.is_empty() && http::HeaderName::from_bytes(name.as_bytes()).is_ok();
-                if !valid {
-                    r.error(
-                        k.origin,
-                        &headers.at(name),
-                        format!("{name:?} is not a valid header name"),
-                    );
-                    continue;
-                }
-                if let Some(v) = read::string(r, value, &headers.at(name)) {
-                    out.headers.insert(name.to_ascii_lowercase(), v);
-                }
+    if let Some(n) = m.get("headers")
+        && let Some(headers) = Fields::new(r, n, &m.at("headers"), None)
+    {
+        for (name, k, value) in headers.entries() {
+            let valid = !name.is_empty() && http::HeaderName::from_bytes(name.as_bytes()).is_ok();
+            if !valid {
+                r.error(
+                    k.origin,
+                    &headers.at(name),
+                    format!("{name:?} is not a valid header name"),
+                );
+                continue;
+            }
+            if let Some(v) = read::string(r, value, &headers.at(name)) {
+                out.headers.insert(name.to_ascii_lowercase(), v);
             }
         }
     }

@@ -102,14 +102,15 @@ fn rule(r: &mut Report, f: &Fields<'_>, default: StrategyKind) -> Option<RuleCon
         .map(|n| read::list_of(r, n, &f.at("descriptors"), descriptor))
         .unwrap_or_default();
     let strategy = strategy.unwrap_or(default);
-    if burst.is_some() && strategy != StrategyKind::TokenBucket {
-        if let Some(origin) = f.key_origin("burst") {
-            r.warn(
-                origin,
-                &f.at("burst"),
-                format!("burst applies only to token_bucket; ignored for {strategy}"),
-            );
-        }
+    if burst.is_some()
+        && strategy != StrategyKind::TokenBucket
+        && let Some(origin) = f.key_origin("burst")
+    {
+        r.warn(
+            origin,
+            &f.at("burst"),
+            format!("burst applies only to token_bucket; ignored for {strategy}"),
+        );
     }
     Some(RuleConfig {
         name: name?,
@@ -159,14 +160,14 @@ fn descriptor(r: &mut Report, node: &Node, path: &str) -> Option<DescriptorConfi
             })
         })
         .unwrap_or_default();
-    if let Some(n) = entries_node {
-        if matches!(&n.value, Value::Seq(items) if items.is_empty()) {
-            r.error(
-                n.origin,
-                &f.at("entries"),
-                "a descriptor needs at least one entry",
-            );
-        }
+    if let Some(n) = entries_node
+        && matches!(&n.value, Value::Seq(items) if items.is_empty())
+    {
+        r.error(
+            n.origin,
+            &f.at("entries"),
+            "a descriptor needs at least one entry",
+        );
     }
     Some(DescriptorConfig {
         domain: domain?,

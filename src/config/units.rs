@@ -117,10 +117,10 @@ pub fn format_duration(d: Duration) -> String {
     if nanos == 0 {
         return "0s".to_string();
     }
-    if nanos % 1_000_000_000 != 0 {
-        return if nanos % 1_000_000 == 0 {
+    if !nanos.is_multiple_of(1_000_000_000) {
+        return if nanos.is_multiple_of(1_000_000) {
             format!("{}ms", nanos / 1_000_000)
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             format!("{}us", nanos / 1_000)
         } else {
             format!("{nanos}ns")
@@ -140,7 +140,7 @@ pub fn format_duration(d: Duration) -> String {
 /// `"16KiB"` when the size is a whole number of KiB/MiB/GiB, else bytes.
 pub fn format_size(bytes: u64) -> String {
     for (unit, len) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= len && bytes % len == 0 {
+        if bytes >= len && bytes.is_multiple_of(len) {
             return format!("{}{unit}", bytes / len);
         }
     }

@@ -335,14 +335,15 @@ fn upstreams(r: &mut Report, top: &Fields<'_>) -> Vec<UpstreamConfig> {
                 .unwrap_or(Duration::from_secs(default))
         };
         let ca_file = f.with(r, "ca_file", read::name);
-        if ca_file.is_some() && url.starts_with("http://") {
-            if let Some(origin) = f.key_origin("ca_file") {
-                r.warn(
-                    origin,
-                    &f.at("ca_file"),
-                    "ca_file is used only for https:// upstreams",
-                );
-            }
+        if ca_file.is_some()
+            && url.starts_with("http://")
+            && let Some(origin) = f.key_origin("ca_file")
+        {
+            r.warn(
+                origin,
+                &f.at("ca_file"),
+                "ca_file is used only for https:// upstreams",
+            );
         }
         out.push(UpstreamConfig {
             name: name.to_string(),
