@@ -7,6 +7,7 @@
 //! the rules' strategies atomically; the resulting [`decision::Decision`] is
 //! turned back into the front end's wire format.
 
+pub mod app;
 pub mod body;
 pub mod cli;
 pub mod clock;
@@ -19,6 +20,7 @@ pub mod limit;
 pub mod metrics;
 pub mod protect;
 pub mod route;
+pub mod server;
 pub mod snapshot;
 pub mod stats;
 pub mod store;

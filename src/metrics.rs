@@ -308,9 +308,9 @@ pub fn render(
     );
     gauge(
         &mut out,
-        "ratethrottle_header_timeouts_total",
+        "ratethrottle_connection_timeouts_total",
         "counter",
-        "Connections closed for sending nothing or headers too slowly.",
+        "Connections closed for sending nothing in time or staying idle too long.",
         load(&server.header_timeouts),
     );
     help(

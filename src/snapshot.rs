@@ -112,15 +112,7 @@ impl Snapshot {
             .iter()
             .map(|r| (r.name.to_string(), Arc::clone(r)))
             .collect();
-        let default_upstream = config
-            .upstreams
-            .iter()
-            .find(|u| u.name == "default")
-            .or(match config.upstreams.as_slice() {
-                [only] => Some(only),
-                _ => None,
-            })
-            .map(|u| u.name.clone());
+        let default_upstream = config.default_upstream().map(str::to_string);
         let routes = config.routes.as_ref().map(|routes| {
             routes
                 .iter()

@@ -1,5 +1,8 @@
 //! Shared harness for the integration tests: build an engine from YAML with a
-//! manual clock, describe requests tersely, and run the CLI in-process.
+//! manual clock, describe requests tersely, run the CLI in-process, and (in
+//! [`net`]) start real gateways, upstreams and clients on 127.0.0.1.
+
+pub mod net;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use super::{Cli, Io};
+use super::{Cli, Io, load_config};
 use crate::config;
 
 #[derive(Debug, Args)]
@@ -23,15 +23,8 @@ pub struct ConfigArgs {
 }
 
 pub fn run(cli: &Cli, args: &ConfigArgs, io: &mut Io<'_>) -> anyhow::Result<u8> {
-    let path = config::default_path(cli.config.as_deref());
-    let loaded = match config::load_file(&path) {
-        Ok(loaded) => loaded,
-        Err(errors) => {
-            for error in &errors.0 {
-                writeln!(io.err, "{error}")?;
-            }
-            return Ok(1);
-        }
+    let Some((path, loaded)) = load_config(cli, io)? else {
+        return Ok(1);
     };
     for warning in &loaded.warnings {
         writeln!(io.err, "warning: {warning}")?;

@@ -2,6 +2,7 @@
 //! command reports errors on stderr with a non-zero exit code, never a panic.
 
 mod config_cmd;
+mod serve_cmd;
 mod test_cmd;
 
 use std::ffi::OsString;
@@ -39,6 +40,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the gateway: proxy, TLS, Envoy and admin listeners as the config enables them
+    Serve(serve_cmd::ServeArgs),
     /// Check, show or export the configuration
     Config(config_cmd::ConfigArgs),
     /// Replay N requests against one rule in-process and report what the gateway would decide
@@ -76,11 +79,17 @@ where
             };
         }
     };
-    init_logging(cli.log_format);
     let mut io = Io { out, err };
     let result = match &cli.command {
-        Command::Config(args) => config_cmd::run(&cli, args, &mut io),
-        Command::Test(args) => test_cmd::run(&cli, args, &mut io),
+        Command::Serve(args) => serve_cmd::run(&cli, args, &mut io),
+        Command::Config(args) => {
+            init_logging(cli.log_format, "warn");
+            config_cmd::run(&cli, args, &mut io)
+        }
+        Command::Test(args) => {
+            init_logging(cli.log_format, "warn");
+            test_cmd::run(&cli, args, &mut io)
+        }
     };
     match result {
         Ok(code) => code,
@@ -97,9 +106,25 @@ pub struct Io<'a> {
     pub err: &'a mut dyn Write,
 }
 
-fn init_logging(format: LogFormat) {
+/// Loads the config the command line names (or the default one); on failure
+/// prints every error, one a line, and returns `None` (exit 1).
+fn load_config(cli: &Cli, io: &mut Io<'_>) -> anyhow::Result<Option<(PathBuf, crate::config::Loaded)>> {
+    let path = crate::config::default_path(cli.config.as_deref());
+    match crate::config::load_file(&path) {
+        Ok(loaded) => Ok(Some((path, loaded))),
+        Err(errors) => {
+            for error in &errors.0 {
+                writeln!(io.err, "{error}")?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// `RUST_LOG` when set, else `default_level`.
+fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
 
-use super::{Cli, Io};
+use super::{Cli, Io, load_config};
 use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::config;
 use crate::decision::retry_after_secs;
@@ -87,15 +87,8 @@ pub fn run(cli: &Cli, args: &TestArgs, io: &mut Io<'_>) -> anyhow::Result<u8> {
     if args.cost == 0 {
         bail!("--cost must be at least 1");
     }
-    let path = config::default_path(cli.config.as_deref());
-    let loaded = match config::load_file(&path) {
-        Ok(loaded) => loaded,
-        Err(errors) => {
-            for error in &errors.0 {
-                writeln!(io.err, "{error}")?;
-            }
-            return Ok(1);
-        }
+    let Some((path, loaded)) = load_config(cli, io)? else {
+        return Ok(1);
     };
     let Some(rule) = loaded
         .config

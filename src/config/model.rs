@@ -47,6 +47,21 @@ pub struct Config {
     pub graphql_enabled: bool,
 }
 
+impl Config {
+    /// Where a request without a route-specific upstream goes: the upstream
+    /// named `default`, else the only one.
+    pub fn default_upstream(&self) -> Option<&str> {
+        self.upstreams
+            .iter()
+            .find(|u| u.name == "default")
+            .or(match self.upstreams.as_slice() {
+                [only] => Some(only),
+                _ => None,
+            })
+            .map(|u| u.name.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,

@@ -8,7 +8,6 @@ use super::model::*;
 use super::read::{self, Fields};
 use super::rules::{MAX_LIMIT, method};
 use super::source::Node;
-use super::validate::default_upstream;
 
 const WEBSOCKET_KEYS: &[&str] = &[
     "connections_per_minute",
@@ -338,7 +337,7 @@ fn route(
             }
         }),
         None => {
-            let fallback = default_upstream(config).map(str::to_string);
+            let fallback = config.default_upstream().map(str::to_string);
             if fallback.is_none() && config.server.is_some() {
                 r.error(
                     f.origin,

@@ -78,7 +78,7 @@ fn check_default_upstream(r: &mut Report, top: &Fields<'_>, config: &Config) {
     if config.server.is_none() || config.routes.is_some() {
         return;
     }
-    if default_upstream(config).is_none() {
+    if config.default_upstream().is_none() {
         let origin = top.key_origin("server").unwrap_or(top.origin);
         r.error(
             origin,
@@ -86,19 +86,6 @@ fn check_default_upstream(r: &mut Report, top: &Fields<'_>, config: &Config) {
             "the proxy needs an upstream: add one named \"default\" (or exactly one) under upstreams, or give routes an upstream",
         );
     }
-}
-
-/// The upstream named `default`, else the only one.
-pub fn default_upstream(config: &Config) -> Option<&str> {
-    config
-        .upstreams
-        .iter()
-        .find(|u| u.name == "default")
-        .or(match config.upstreams.as_slice() {
-            [only] => Some(only),
-            _ => None,
-        })
-        .map(|u| u.name.as_str())
 }
 
 fn addr(text: &str) -> SocketAddr {

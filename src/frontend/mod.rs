@@ -1,4 +1,5 @@
 //! Front ends translate a protocol's request into [`crate::engine::RequestFacts`]
 //! and the engine's [`crate::decision::Decision`] back into that protocol.
 
+pub mod proxy;
 pub mod respond;

@@ -1,0 +1,376 @@
+//! Wires a running gateway: engine and store, the proxy and TLS listeners, the
+//! admin API, reloads (file watcher, SIGHUP, admin), the sweeper, and the
+//! graceful drain on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminContext};
+use crate::clock::SystemClock;
+use crate::config::{self, Config, StorageType};
+use crate::engine::Engine;
+use crate::frontend::proxy::Proxy;
+use crate::metrics::ServerMetrics;
+use crate::reload::{self, ReloadTrigger};
+use crate::server::{ConnSettings, ConnTracker, Listener};
+use crate::store::MemoryStore;
+use crate::tls::{self, TlsAcceptorCell};
+use crate::upstream::Upstreams;
+
+/// How often idle counters are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How long shutdown waits for in-flight requests.
+const DRAIN_FOR: Duration = Duration::from_secs(30);
+/// File events closer than this are one change.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigErrors),
+    #[error("storage.type: redis is not available in this build; use storage.type: memory")]
+    RedisUnavailable,
+    #[error("cannot listen on {addr} ({role}): {source}")]
+    Bind {
+        role: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("upstreams: {0}")]
+    Upstream(String),
+    #[error("cannot watch the config file: {0}")]
+    Watch(String),
+}
+
+/// The addresses the gateway actually listens on (useful with port 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BoundAddrs {
+    pub proxy: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+struct Running {
+    configured: SocketAddr,
+    bound: SocketAddr,
+    stop: CancellationToken,
+}
+
+#[derive(Default)]
+struct Listeners {
+    proxy: Option<Running>,
+    tls: Option<Running>,
+    admin: Option<Running>,
+}
+
+pub struct Gateway {
+    config_path: PathBuf,
+    engine: Arc<Engine>,
+    metrics: Arc<ServerMetrics>,
+    upstreams: Arc<ArcSwap<Upstreams>>,
+    tls: Arc<ArcSwap<Option<Arc<TlsAcceptorCell>>>>,
+    conn_tracker: Arc<ConnTracker>,
+    listeners: Mutex<Listeners>,
+    /// Serialises reloads, whoever asks.
+    reloading: Mutex<()>,
+    connections: TaskTracker,
+    drain: CancellationToken,
+    shutdown: CancellationToken,
+    _watcher: Mutex<Option<reload::FileWatcher>>,
+    /// Lets listeners and the admin API reach the gateway without owning it.
+    me: Weak<Gateway>,
+}
+
+impl Gateway {
+    /// Loads nothing itself: `config` is what `config_path` held a moment ago.
+    pub async fn start(config_path: PathBuf, config: Config) -> Result<Arc<Gateway>, StartError> {
+        if config.storage.kind == StorageType::Redis {
+            return Err(StartError::RedisUnavailable);
+        }
+        let tls = match config.server.as_ref().and_then(|s| s.tls.as_ref()) {
+            Some(t) => Some(Arc::new(TlsAcceptorCell::new(tls::load_server_config(&t.cert_file, &t.key_file)?))),
+            None => None,
+        };
+        let upstreams = Upstreams::new(&config.upstreams).map_err(|e| StartError::Upstream(e.to_string()))?;
+        let engine = Arc::new(Engine::new(config, Arc::new(MemoryStore::new()), Arc::new(SystemClock)));
+        let gateway = Arc::new_cyclic(|me| Gateway {
+            config_path,
+            engine,
+            metrics: Arc::new(ServerMetrics::default()),
+            upstreams: Arc::new(ArcSwap::from_pointee(upstreams)),
+            tls: Arc::new(ArcSwap::from_pointee(tls)),
+            conn_tracker: ConnTracker::new(),
+            listeners: Mutex::new(Listeners::default()),
+            reloading: Mutex::new(()),
+            connections: TaskTracker::new(),
+            drain: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
+            _watcher: Mutex::new(None),
+            me: me.clone(),
+        });
+        gateway.sync_listeners(&gateway.engine.snapshot().config)?;
+        Engine::spawn_sweeper(&gateway.engine, SWEEP_EVERY);
+        Ok(gateway)
+    }
+
+    /// Watches the config file and SIGHUP; reloads run one at a time on the runtime.
+    pub fn watch_for_reloads(self: &Arc<Self>) -> Result<(), StartError> {
+        let (tx, mut rx) = mpsc::channel::<ReloadTrigger>(4);
+        let file_tx = tx.clone();
+        let watcher = reload::watch_file(&self.config_path, RELOAD_DEBOUNCE, move || {
+            // A full queue already holds a pending reload, which will read the newest file.
+            let _ = file_tx.try_send(ReloadTrigger::FileChanged);
+        })
+        .map_err(|e| StartError::Watch(e.to_string()))?;
+        *self._watcher.lock() = Some(watcher);
+        reload::spawn_sighup(move || {
+            let _ = tx.try_send(ReloadTrigger::Signal);
+        });
+        let gateway = Arc::clone(self);
+        tokio::spawn(async move {
+            while let Some(trigger) = rx.recv().await {
+                let _ = gateway.reload(trigger);
+            }
+        });
+        Ok(())
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn metrics(&self) -> &Arc<ServerMetrics> {
+        &self.metrics
+    }
+
+    pub fn addrs(&self) -> BoundAddrs {
+        let listeners = self.listeners.lock();
+        BoundAddrs {
+            proxy: listeners.proxy.as_ref().map(|r| r.bound),
+            tls: listeners.tls.as_ref().map(|r| r.bound),
+            admin: listeners.admin.as_ref().map(|r| r.bound),
+        }
+    }
+
+    /// Re-reads the config file. An invalid file, certificate or address
+    /// changes nothing: the error is logged and counted, the old config stays.
+    pub fn reload(&self, trigger: ReloadTrigger) -> Result<String, String> {
+        let _one_at_a_time = self.reloading.lock();
+        let outcome = self.try_reload();
+        match &outcome {
+            Ok(summary) => {
+                self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(?trigger, %summary, "config reloaded");
+            }
+            Err(errors) => {
+                self.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                for line in errors.lines() {
+                    tracing::error!(?trigger, error = line, "config reload rejected; keeping the running config");
+                }
+            }
+        }
+        outcome
+    }
+
+    fn try_reload(&self) -> Result<String, String> {
+        let loaded = config::load_file(&self.config_path).map_err(|errors| errors.to_string())?;
+        for warning in &loaded.warnings {
+            tracing::warn!(%warning, "config warning");
+        }
+        let config = loaded.config;
+        if config.storage.kind != self.engine.snapshot().config.storage.kind {
+            return Err("storage.type cannot change on reload; restart the gateway".into());
+        }
+        let tls = match config.server.as_ref().and_then(|s| s.tls.as_ref()) {
+            Some(t) => Some(tls::load_server_config(&t.cert_file, &t.key_file).map_err(|e| format!("TLS: {e}"))?),
+            None => None,
+        };
+        let upstreams = self
+            .upstreams
+            .load()
+            .rebuild(&config.upstreams)
+            .map_err(|e| format!("upstreams: {e}"))?;
+        // Certificates: replace in place so open connections keep theirs.
+        let cell = match (tls, self.tls.load_full().as_ref()) {
+            (Some(server_config), Some(cell)) => {
+                cell.replace(server_config);
+                Some(Arc::clone(cell))
+            }
+            (Some(server_config), None) => Some(Arc::new(TlsAcceptorCell::new(server_config))),
+            (None, _) => None,
+        };
+        self.tls.store(Arc::new(cell));
+        self.sync_listeners(&config).map_err(|e| e.to_string())?;
+        let summary = config::summary(&config);
+        self.upstreams.store(Arc::new(upstreams));
+        self.engine.apply_config(config);
+        Ok(summary)
+    }
+
+    /// Starts, moves or stops listeners so they match `config`. New sockets are
+    /// bound before old ones stop; connections on an old socket drain normally.
+    fn sync_listeners(&self, config: &Config) -> Result<(), StartError> {
+        let mut listeners = self.listeners.lock();
+        let proxy_addr = config.server.as_ref().map(|s| s.listen);
+        let tls_addr = config.server.as_ref().and_then(|s| s.tls.as_ref()).map(|t| t.listen);
+        let admin_addr = Some(config.admin.listen);
+
+        // Bind everything new first, so a failure leaves all as it was.
+        let bind_if_moved = |current: &Option<Running>, wanted: Option<SocketAddr>, role: &'static str| {
+            match (current, wanted) {
+                (Some(running), Some(addr)) if running.configured == addr => Ok(None),
+                (_, Some(addr)) => bind(addr, role).map(|l| Some((addr, l))),
+                (_, None) => Ok(None),
+            }
+        };
+        let new_proxy = bind_if_moved(&listeners.proxy, proxy_addr, "server.listen")?;
+        let new_tls = bind_if_moved(&listeners.tls, tls_addr, "server.tls.listen")?;
+        let new_admin = bind_if_moved(&listeners.admin, admin_addr, "admin.listen")?;
+
+        replace(&mut listeners.proxy, proxy_addr, new_proxy, |l| self.spawn_proxy(l, false));
+        replace(&mut listeners.tls, tls_addr, new_tls, |l| self.spawn_proxy(l, true));
+        replace(&mut listeners.admin, admin_addr, new_admin, |l| self.spawn_admin(l));
+        Ok(())
+    }
+
+    fn spawn_proxy(&self, listener: TcpListener, with_tls: bool) -> CancellationToken {
+        let stop = self.shutdown.child_token();
+        let engine = Arc::clone(&self.engine);
+        let settings = Arc::new(move || engine.snapshot().config.server.as_ref().map(ConnSettings::from_config));
+        let tls_cell = if with_tls { self.tls.load_full().as_ref().clone() } else { None };
+        let accept_loop = Arc::new(Listener {
+            handler: Arc::new(Proxy {
+                engine: Arc::clone(&self.engine),
+                upstreams: Arc::clone(&self.upstreams),
+                metrics: Arc::clone(&self.metrics),
+            }),
+            tls: tls_cell,
+            settings,
+            tracker: Arc::clone(&self.conn_tracker),
+            metrics: Arc::clone(&self.metrics),
+            connections: self.connections.clone(),
+            stop_accepting: stop.clone(),
+            drain: self.drain.clone(),
+        });
+        tokio::spawn(accept_loop.run(listener));
+        stop
+    }
+
+    fn spawn_admin(&self, listener: TcpListener) -> CancellationToken {
+        let stop = self.shutdown.child_token();
+        let me = self.me.clone();
+        let context = Arc::new(AdminContext {
+            engine: Arc::clone(&self.engine),
+            server_metrics: Arc::clone(&self.metrics),
+            reload: Arc::new(move || match me.upgrade() {
+                Some(gateway) => gateway.reload(ReloadTrigger::Api),
+                None => Err("the gateway is shutting down".to_string()),
+            }),
+            // The memory store cannot be unreachable.
+            store_ready: Arc::new(|| true),
+        });
+        let stopped = stop.clone();
+        tokio::spawn(admin::serve(listener, context, async move { stopped.cancelled().await }));
+        stop
+    }
+}
+
+impl Gateway {
+    /// Stops accepting, lets in-flight requests finish (at most `DRAIN_FOR`),
+    /// and returns whether every connection closed in time.
+    pub async fn shutdown(&self) -> bool {
+        self.shutdown.cancel();
+        self.drain.cancel();
+        self.connections.close();
+        let drained = tokio::time::timeout(DRAIN_FOR, self.connections.wait()).await.is_ok();
+        if !drained {
+            tracing::warn!(open = self.connections.len(), "shutdown: connections still open after the drain period");
+        }
+        drained
+    }
+}
+
+fn bind(addr: SocketAddr, role: &'static str) -> Result<TcpListener, StartError> {
+    let bind_error = |source| StartError::Bind { role, addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(bind_error)?;
+    // A restarted gateway must not wait for TIME_WAIT sockets of its predecessor.
+    socket.set_reuseaddr(true).map_err(bind_error)?;
+    socket.bind(addr).map_err(bind_error)?;
+    socket.listen(1024).map_err(bind_error)
+}
+
+/// Puts a freshly bound listener (or none) in `slot`, stopping what was there.
+fn replace(
+    slot: &mut Option<Running>,
+    wanted: Option<SocketAddr>,
+    fresh: Option<(SocketAddr, TcpListener)>,
+    spawn: impl FnOnce(TcpListener) -> CancellationToken,
+) {
+    match (wanted, fresh) {
+        (None, _) => {
+            if let Some(old) = slot.take() {
+                old.stop.cancel();
+            }
+        }
+        (Some(_), None) => {}
+        (Some(configured), Some((_, listener))) => {
+            let bound = listener.local_addr().unwrap_or(configured);
+            let stop = spawn(listener);
+            if let Some(old) = slot.replace(Running { configured, bound, stop }) {
+                old.stop.cancel();
+            }
+            tracing::info!(%bound, "listening");
+        }
+    }
+}
+
+/// `ratethrottle serve`: runs until SIGTERM or SIGINT, then drains and returns.
+pub async fn serve(config_path: PathBuf, config: Config) -> Result<(), StartError> {
+    let gateway = Gateway::start(config_path, config).await?;
+    gateway.watch_for_reloads()?;
+    let addrs = gateway.addrs();
+    tracing::info!(proxy = ?addrs.proxy, tls = ?addrs.tls, admin = ?addrs.admin, "ratethrottle is serving");
+    wait_for_termination().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    gateway.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,274 @@
+//! The reverse proxy: request → [`RequestFacts`] → decision → either the
+//! gateway's own answer or the request forwarded upstream, streamed both ways,
+//! with forwarding headers set and rate-limit headers added to the response.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{CONTENT_LENGTH, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::respond::{self, HeaderOptions, Rejection};
+use crate::body::{self, Body};
+use crate::decision::Decision;
+use crate::engine::{Engine, RequestFacts};
+use crate::metrics::ServerMetrics;
+use crate::server::{ConnInfo, Handler};
+use crate::upstream::{UpstreamError, Upstreams};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+pub struct Proxy {
+    pub engine: Arc<Engine>,
+    pub upstreams: Arc<ArcSwap<Upstreams>>,
+    pub metrics: Arc<ServerMetrics>,
+}
+
+impl Handler for Proxy {
+    async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let started = Instant::now();
+        let response = self.proxy(request, conn).await;
+        self.metrics.request_duration.observe(started.elapsed());
+        response
+    }
+}
+
+impl Proxy {
+    async fn proxy(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let snapshot = self.engine.snapshot();
+        let config = &snapshot.config;
+        let options = HeaderOptions {
+            enabled: config.global.headers_enabled,
+            style: config.global.header_style,
+        };
+        let max_body = config.server.as_ref().map_or(u64::MAX, |s| s.max_body_bytes);
+
+        if let Some(length) = content_length(request.headers())
+            && length > max_body
+        {
+            return reply(too_large(max_body));
+        }
+
+        let host = request_host(&request).map(str::to_string);
+        let decision = {
+            let facts = RequestFacts {
+                peer: conn.peer.ip(),
+                client_ip: None,
+                method: request.method(),
+                host: host.as_deref(),
+                path: request.uri().path(),
+                query: request.uri().query(),
+                headers: request.headers(),
+                cost: 1,
+            };
+            self.engine.decide(&facts).await
+        };
+        let now = self.engine.now();
+        if let Some(rejection) = respond::rejection(&decision, options, now) {
+            return reply(rejection);
+        }
+        let Decision::Allow { quota, route, .. } = decision else {
+            return reply(Rejection::json(StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"internal"}"#.into()));
+        };
+        let upstream_name = route
+            .as_ref()
+            .and_then(|r| r.upstream.clone())
+            .or_else(|| snapshot.default_upstream.clone());
+        let Some(upstream_name) = upstream_name else {
+            return reply(Rejection::json(
+                StatusCode::BAD_GATEWAY,
+                r#"{"error":"no_upstream","message":"no upstream is configured for this route"}"#.into(),
+            ));
+        };
+
+        let trusted = config.global.trusted_proxies.iter().any(|net| net.contains(&conn.peer.ip()));
+        let outgoing = match forwarded_request(request, conn, host.as_deref(), trusted, max_body) {
+            Ok(outgoing) => outgoing,
+            Err(rejection) => return reply(rejection),
+        };
+        let upstreams = self.upstreams.load_full();
+        let mut response = match upstreams.send(&upstream_name, outgoing).await {
+            Ok(response) => response.map(body::stream),
+            Err(error) => return reply(self.upstream_failed(&upstream_name, &error, max_body)),
+        };
+        strip_hop_by_hop(response.headers_mut());
+        if let Some(quota) = &quota {
+            respond::add_quota_headers(response.headers_mut(), quota, options, now);
+        }
+        response
+    }
+
+    fn upstream_failed(&self, upstream: &str, error: &UpstreamError, max_body: u64) -> Rejection {
+        if is_body_too_large(error) {
+            return too_large(max_body);
+        }
+        self.metrics.upstream_error(upstream, error.kind());
+        tracing::debug!(upstream, %error, "upstream request failed");
+        let code = if error.status() == StatusCode::GATEWAY_TIMEOUT {
+            "upstream_timeout"
+        } else {
+            "upstream_unavailable"
+        };
+        let body = serde_json::json!({ "error": code, "upstream": upstream });
+        Rejection::json(error.status(), body.to_string())
+    }
+}
+
+fn reply(rejection: Rejection) -> Response<Body> {
+    let mut response = Response::new(body::full(rejection.body));
+    *response.status_mut() = rejection.status;
+    *response.headers_mut() = rejection.headers;
+    response
+}
+
+fn too_large(max_body: u64) -> Rejection {
+    Rejection::json(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(r#"{{"error":"payload_too_large","max_body_bytes":{max_body}}}"#),
+    )
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Host header (HTTP/1.1) or :authority (HTTP/2).
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+}
+
+/// The request as the upstream sees it: origin-form URI, hop-by-hop headers
+/// removed, forwarding headers set, the body streamed within `max_body`.
+fn forwarded_request(
+    request: Request<Incoming>,
+    conn: ConnInfo,
+    host: Option<&str>,
+    trusted_peer: bool,
+    max_body: u64,
+) -> Result<Request<Body>, Rejection> {
+    let (mut parts, incoming) = request.into_parts();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    parts.uri = Uri::try_from(path_and_query)
+        .map_err(|_| Rejection::json(StatusCode::BAD_REQUEST, r#"{"error":"bad_request"}"#.into()))?;
+    // Let the client library pick the upstream's protocol version.
+    parts.version = http::Version::HTTP_11;
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+
+    let peer = conn.peer.ip().to_canonical().to_string();
+    // From a trusted proxy we extend its chain; from anyone else the chain
+    // would be the client's invention, so it starts over with the peer.
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(chain) if trusted_peer => format!("{chain}, {peer}"),
+        _ => peer,
+    };
+    set(headers, X_FORWARDED_FOR, &forwarded_for);
+    if !(trusted_peer && headers.contains_key(&X_FORWARDED_PROTO)) {
+        set(headers, X_FORWARDED_PROTO, if conn.tls { "https" } else { "http" });
+    }
+    if let Some(host) = host {
+        if !(trusted_peer && headers.contains_key(&X_FORWARDED_HOST)) {
+            set(headers, X_FORWARDED_HOST, host);
+        }
+        // HTTP/2 clients send :authority only; an HTTP/1.1 upstream needs Host.
+        if !headers.contains_key(HOST) {
+            set(headers, HOST, host);
+        }
+    }
+
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let body = body::stream(Limited::new(incoming, limit).map_err(|e| e as crate::body::BoxError));
+    Ok(Request::from_parts(parts, body))
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+/// Removes hop-by-hop headers and any header the Connection header names.
+/// `te: trailers` survives: gRPC needs it end to end.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    let keeps_trailers = headers
+        .get(http::header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if keeps_trailers {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
+    // Upgrade is hop-by-hop too; WebSocket passthrough handles it separately.
+    headers.remove(http::header::UPGRADE);
+}
+
+/// Whether the upstream request failed because the client's body ran past `max_body_bytes`.
+fn is_body_too_large(error: &UpstreamError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if current.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "secret"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers, deflate"),
+            ("upgrade", "h2c"),
+            ("x-kept", "yes"),
+        ] {
+            headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["te", "x-kept"]);
+        assert_eq!(headers["te"], "trailers");
+    }
+}
