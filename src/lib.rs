@@ -22,4 +22,5 @@ pub mod route;
 pub mod snapshot;
 pub mod stats;
 pub mod store;
+pub mod tls;
 pub mod violations;
