@@ -24,4 +24,6 @@ pub mod server;
 pub mod snapshot;
 pub mod stats;
 pub mod store;
+pub mod tls;
+pub mod upstream;
 pub mod violations;
