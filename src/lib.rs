@@ -7,6 +7,7 @@
 //! the rules' strategies atomically; the resulting [`decision::Decision`] is
 //! turned back into the front end's wire format.
 
+pub mod admin;
 pub mod app;
 pub mod body;
 pub mod cli;
