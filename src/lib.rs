@@ -18,6 +18,7 @@ pub mod identity;
 pub mod limit;
 pub mod metrics;
 pub mod protect;
+pub mod reload;
 pub mod route;
 pub mod snapshot;
 pub mod stats;
