@@ -20,6 +20,7 @@ pub mod identity;
 pub mod limit;
 pub mod metrics;
 pub mod protect;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod snapshot;
