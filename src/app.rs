@@ -4,8 +4,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Weak};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -100,11 +100,19 @@ impl Gateway {
             return Err(StartError::RedisUnavailable);
         }
         let tls = match config.server.as_ref().and_then(|s| s.tls.as_ref()) {
-            Some(t) => Some(Arc::new(TlsAcceptorCell::new(tls::load_server_config(&t.cert_file, &t.key_file)?))),
+            Some(t) => Some(Arc::new(TlsAcceptorCell::new(tls::load_server_config(
+                &t.cert_file,
+                &t.key_file,
+            )?))),
             None => None,
         };
-        let upstreams = Upstreams::new(&config.upstreams).map_err(|e| StartError::Upstream(e.to_string()))?;
-        let engine = Arc::new(Engine::new(config, Arc::new(MemoryStore::new()), Arc::new(SystemClock)));
+        let upstreams =
+            Upstreams::new(&config.upstreams).map_err(|e| StartError::Upstream(e.to_string()))?;
+        let engine = Arc::new(Engine::new(
+            config,
+            Arc::new(MemoryStore::new()),
+            Arc::new(SystemClock),
+        ));
         let gateway = Arc::new_cyclic(|me| Gateway {
             config_path,
             engine,
@@ -177,7 +185,11 @@ impl Gateway {
             Err(errors) => {
                 self.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 for line in errors.lines() {
-                    tracing::error!(?trigger, error = line, "config reload rejected; keeping the running config");
+                    tracing::error!(
+                        ?trigger,
+                        error = line,
+                        "config reload rejected; keeping the running config"
+                    );
                 }
             }
         }
@@ -194,7 +206,10 @@ impl Gateway {
             return Err("storage.type cannot change on reload; restart the gateway".into());
         }
         let tls = match config.server.as_ref().and_then(|s| s.tls.as_ref()) {
-            Some(t) => Some(tls::load_server_config(&t.cert_file, &t.key_file).map_err(|e| format!("TLS: {e}"))?),
+            Some(t) => Some(
+                tls::load_server_config(&t.cert_file, &t.key_file)
+                    .map_err(|e| format!("TLS: {e}"))?,
+            ),
             None => None,
         };
         let upstreams = self
@@ -224,32 +239,54 @@ impl Gateway {
     fn sync_listeners(&self, config: &Config) -> Result<(), StartError> {
         let mut listeners = self.listeners.lock();
         let proxy_addr = config.server.as_ref().map(|s| s.listen);
-        let tls_addr = config.server.as_ref().and_then(|s| s.tls.as_ref()).map(|t| t.listen);
+        let tls_addr = config
+            .server
+            .as_ref()
+            .and_then(|s| s.tls.as_ref())
+            .map(|t| t.listen);
         let admin_addr = Some(config.admin.listen);
 
         // Bind everything new first, so a failure leaves all as it was.
-        let bind_if_moved = |current: &Option<Running>, wanted: Option<SocketAddr>, role: &'static str| {
-            match (current, wanted) {
+        let bind_if_moved =
+            |current: &Option<Running>, wanted: Option<SocketAddr>, role: &'static str| match (
+                current, wanted,
+            ) {
                 (Some(running), Some(addr)) if running.configured == addr => Ok(None),
                 (_, Some(addr)) => bind(addr, role).map(|l| Some((addr, l))),
                 (_, None) => Ok(None),
-            }
-        };
+            };
         let new_proxy = bind_if_moved(&listeners.proxy, proxy_addr, "server.listen")?;
         let new_tls = bind_if_moved(&listeners.tls, tls_addr, "server.tls.listen")?;
         let new_admin = bind_if_moved(&listeners.admin, admin_addr, "admin.listen")?;
 
-        replace(&mut listeners.proxy, proxy_addr, new_proxy, |l| self.spawn_proxy(l, false));
-        replace(&mut listeners.tls, tls_addr, new_tls, |l| self.spawn_proxy(l, true));
-        replace(&mut listeners.admin, admin_addr, new_admin, |l| self.spawn_admin(l));
+        replace(&mut listeners.proxy, proxy_addr, new_proxy, |l| {
+            self.spawn_proxy(l, false)
+        });
+        replace(&mut listeners.tls, tls_addr, new_tls, |l| {
+            self.spawn_proxy(l, true)
+        });
+        replace(&mut listeners.admin, admin_addr, new_admin, |l| {
+            self.spawn_admin(l)
+        });
         Ok(())
     }
 
     fn spawn_proxy(&self, listener: TcpListener, with_tls: bool) -> CancellationToken {
         let stop = self.shutdown.child_token();
         let engine = Arc::clone(&self.engine);
-        let settings = Arc::new(move || engine.snapshot().config.server.as_ref().map(ConnSettings::from_config));
-        let tls_cell = if with_tls { self.tls.load_full().as_ref().clone() } else { None };
+        let settings = Arc::new(move || {
+            engine
+                .snapshot()
+                .config
+                .server
+                .as_ref()
+                .map(ConnSettings::from_config)
+        });
+        let tls_cell = if with_tls {
+            self.tls.load_full().as_ref().clone()
+        } else {
+            None
+        };
         let accept_loop = Arc::new(Listener {
             handler: Arc::new(Proxy {
                 engine: Arc::clone(&self.engine),
@@ -282,7 +319,9 @@ impl Gateway {
             store_ready: Arc::new(|| true),
         });
         let stopped = stop.clone();
-        tokio::spawn(admin::serve(listener, context, async move { stopped.cancelled().await }));
+        tokio::spawn(admin::serve(listener, context, async move {
+            stopped.cancelled().await
+        }));
         stop
     }
 }
@@ -294,9 +333,14 @@ impl Gateway {
         self.shutdown.cancel();
         self.drain.cancel();
         self.connections.close();
-        let drained = tokio::time::timeout(DRAIN_FOR, self.connections.wait()).await.is_ok();
+        let drained = tokio::time::timeout(DRAIN_FOR, self.connections.wait())
+            .await
+            .is_ok();
         if !drained {
-            tracing::warn!(open = self.connections.len(), "shutdown: connections still open after the drain period");
+            tracing::warn!(
+                open = self.connections.len(),
+                "shutdown: connections still open after the drain period"
+            );
         }
         drained
     }
@@ -333,7 +377,11 @@ fn replace(
         (Some(configured), Some((_, listener))) => {
             let bound = listener.local_addr().unwrap_or(configured);
             let stop = spawn(listener);
-            if let Some(old) = slot.replace(Running { configured, bound, stop }) {
+            if let Some(old) = slot.replace(Running {
+                configured,
+                bound,
+                stop,
+            }) {
                 old.stop.cancel();
             }
             tracing::info!(%bound, "listening");

@@ -37,13 +37,17 @@ pub async fn start_upstream() -> Upstream {
 
 /// An upstream that waits `delay` before answering.
 pub async fn start_upstream_with(delay: Duration) -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
     let addr = listener.local_addr().expect("upstream addr");
     let requests = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&requests);
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let counter = Arc::clone(&counter);
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<Incoming>| {
@@ -62,12 +66,20 @@ pub async fn start_upstream_with(delay: Duration) -> Upstream {
             });
         }
     });
-    Upstream { addr, requests, task }
+    Upstream {
+        addr,
+        requests,
+        task,
+    }
 }
 
 async fn describe(request: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers
         .iter()
@@ -82,9 +94,10 @@ async fn describe(request: Request<Incoming>) -> Response<Full<Bytes>> {
         "body_bytes": body.len(),
     });
     let mut response = Response::new(Full::new(Bytes::from(description.to_string())));
-    response
-        .headers_mut()
-        .insert("content-type", http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
     response
         .headers_mut()
         .insert("connection", http::HeaderValue::from_static("keep-alive"));
@@ -129,7 +142,8 @@ pub async fn start_gateway(yaml: &str, upstream: Option<SocketAddr>) -> RunningG
         None => yaml.to_string(),
     };
     std::fs::write(&config_path, &yaml).expect("write config");
-    let loaded = ratethrottle::config::load_file(&config_path).unwrap_or_else(|e| panic!("config:\n{e}"));
+    let loaded =
+        ratethrottle::config::load_file(&config_path).unwrap_or_else(|e| panic!("config:\n{e}"));
     let gateway = Gateway::start(config_path.clone(), loaded.config)
         .await
         .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
@@ -141,12 +155,18 @@ pub async fn start_gateway(yaml: &str, upstream: Option<SocketAddr>) -> RunningG
 }
 
 /// A plain HTTP/1.1 client.
-pub fn http1_client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+pub fn http1_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
 }
 
 /// An HTTP/2 client with prior knowledge (h2c).
-pub fn h2c_client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+pub fn h2c_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http()
@@ -162,7 +182,8 @@ pub struct Got {
 
 impl Got {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -171,7 +192,10 @@ impl Got {
 }
 
 /// Sends `request` with `client` and reads the whole answer.
-pub async fn send<C>(client: &hyper_util::client::legacy::Client<C, Full<Bytes>>, request: Request<Full<Bytes>>) -> Got
+pub async fn send<C>(
+    client: &hyper_util::client::legacy::Client<C, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Got
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
@@ -196,5 +220,7 @@ pub fn get(url: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
 }
 
 pub fn post(url: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
-    Request::post(url).body(Full::new(body.into())).expect("request")
+    Request::post(url)
+        .body(Full::new(body.into()))
+        .expect("request")
 }

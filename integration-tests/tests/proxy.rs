@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use integration_tests::net::{
-    Got, get, h2c_client, http1_client, post, send, start_gateway, start_upstream, start_upstream_with,
+    Got, get, h2c_client, http1_client, post, send, start_gateway, start_upstream,
+    start_upstream_with,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -39,7 +40,11 @@ async fn an_allowed_request_reaches_the_upstream_with_forwarding_headers_and_quo
         &client,
         get(
             &gateway.url("/api/items?page=2"),
-            &[("x-forwarded-for", "6.6.6.6"), ("connection", "x-secret"), ("x-secret", "1")],
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("connection", "x-secret"),
+                ("x-secret", "1"),
+            ],
         ),
     )
     .await;
@@ -50,13 +55,22 @@ async fn an_allowed_request_reaches_the_upstream_with_forwarding_headers_and_quo
     // The spoofed chain from an untrusted client is replaced by the peer.
     assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen["headers"]["x-forwarded-proto"], "http");
-    assert_eq!(seen["headers"]["x-forwarded-host"], gateway.proxy().to_string());
-    assert!(seen["headers"].get("x-secret").is_none(), "named in Connection: hop-by-hop");
+    assert_eq!(
+        seen["headers"]["x-forwarded-host"],
+        gateway.proxy().to_string()
+    );
+    assert!(
+        seen["headers"].get("x-secret").is_none(),
+        "named in Connection: hop-by-hop"
+    );
     // Hop-by-hop headers of the upstream's answer are not passed back.
     assert!(got.header("keep-alive").is_none());
     assert_eq!(got.header("x-ratelimit-limit"), Some("100"));
     assert_eq!(got.header("x-ratelimit-remaining"), Some("99"));
-    assert_eq!(got.header("ratelimit-policy"), Some(r#""api_default";q=100;w=3600"#));
+    assert_eq!(
+        got.header("ratelimit-policy"),
+        Some(r#""api_default";q=100;w=3600"#)
+    );
     assert_eq!(got.header("ratelimit"), Some(r#""api_default";r=99;t=36"#));
 }
 
@@ -77,8 +91,14 @@ async fn the_limit_answers_429_with_retry_after_headers_and_json() {
     assert_eq!(got.header("retry-after"), Some("60"));
     assert_eq!(got.header("content-type"), Some("application/json"));
     assert_eq!(got.header("x-ratelimit-remaining"), Some("0"));
-    assert_eq!(got.json(), serde_json::json!({"error": "rate_limited", "rule": "auth_strict", "retry_after": 60}));
-    assert_eq!(upstream.requests.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(
+        got.json(),
+        serde_json::json!({"error": "rate_limited", "rule": "auth_strict", "retry_after": 60})
+    );
+    assert_eq!(
+        upstream.requests.load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
 }
 
 #[tokio::test]
@@ -96,7 +116,9 @@ async fn no_route_is_404_and_oversized_bodies_are_413() {
 
     // Without Content-Length (chunked), the limit is enforced while streaming.
     let mut raw = TcpStream::connect(gateway.proxy()).await.unwrap();
-    raw.write_all(b"POST /api/upload HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n").await.unwrap();
+    raw.write_all(b"POST /api/upload HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
     for _ in 0..3 {
         raw.write_all(b"2bc\r\n").await.unwrap();
         raw.write_all(&[b'y'; 700]).await.unwrap();
@@ -124,24 +146,38 @@ async fn read_head(stream: &mut TcpStream) -> String {
 async fn blacklisted_clients_get_403_and_violations_earn_a_block() {
     let upstream = start_upstream().await;
     let yaml = BASIC
-        .replace("strategy: sliding_window }", "strategy: sliding_window, block_duration: 600 }")
+        .replace(
+            "strategy: sliding_window }",
+            "strategy: sliding_window, block_duration: 600 }",
+        )
         .replace("[10.66.0.0/16]", "[127.0.0.2]");
     let gateway = start_gateway(&yaml, Some(upstream.addr)).await;
     let client = http1_client();
     for _ in 0..3 {
         send(&client, post(&gateway.url("/api/auth/login"), "")).await;
     }
-    assert_eq!(send(&client, post(&gateway.url("/api/auth/login"), "")).await.status, 429);
+    assert_eq!(
+        send(&client, post(&gateway.url("/api/auth/login"), ""))
+            .await
+            .status,
+        429
+    );
     let blocked = send(&client, get(&gateway.url("/api/items"), &[])).await;
     assert_eq!(blocked.status, 403);
-    assert_eq!(blocked.json(), serde_json::json!({"error": "blocked", "reason": "violation", "retry_after": 600}));
+    assert_eq!(
+        blocked.json(),
+        serde_json::json!({"error": "blocked", "reason": "violation", "retry_after": 600})
+    );
     assert_eq!(blocked.header("retry-after"), Some("600"));
 
     // 127.0.0.2 is on the blacklist (a loopback address of its own).
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
     let mut stream = socket.connect(gateway.proxy()).await.unwrap();
-    stream.write_all(b"GET /api/items HTTP/1.1\r\nhost: t\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /api/items HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
     let head = read_head(&mut stream).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
 }
@@ -149,13 +185,22 @@ async fn blacklisted_clients_get_403_and_violations_earn_a_block() {
 #[tokio::test]
 async fn upstream_down_is_502_and_upstream_slow_is_504() {
     // A port with nothing listening: bind, note it, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let gateway = start_gateway(BASIC, Some(dead)).await;
     let client = http1_client();
     let got = send(&client, get(&gateway.url("/api/items"), &[])).await;
     assert_eq!(got.status, 502);
     assert_eq!(got.json()["error"], "upstream_unavailable");
-    assert_eq!(gateway.gateway.metrics().upstream_errors("default", "connect"), 1);
+    assert_eq!(
+        gateway
+            .gateway
+            .metrics()
+            .upstream_errors("default", "connect"),
+        1
+    );
 
     let slow = start_upstream_with(Duration::from_secs(30)).await;
     let yaml = BASIC.replace("request_timeout: 2s", "request_timeout: 300ms");
@@ -199,22 +244,36 @@ async fn header_styles_follow_the_config() {
 #[tokio::test]
 async fn connections_over_the_per_ip_cap_are_closed_at_accept() {
     let upstream = start_upstream().await;
-    let yaml = BASIC.replace("max_body_bytes: 1KiB", "max_body_bytes: 1KiB\n  max_connections_per_ip: 2");
+    let yaml = BASIC.replace(
+        "max_body_bytes: 1KiB",
+        "max_body_bytes: 1KiB\n  max_connections_per_ip: 2",
+    );
     let gateway = start_gateway(&yaml, Some(upstream.addr)).await;
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(gateway.proxy()).await.unwrap();
-        s.write_all(b"GET /api/a HTTP/1.1\r\nhost: t\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /api/a HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .unwrap();
         assert!(read_head(&mut s).await.starts_with("HTTP/1.1 200"));
         held.push(s);
     }
     let mut third = TcpStream::connect(gateway.proxy()).await.unwrap();
-    let _ = third.write_all(b"GET /api/a HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    let _ = third
+        .write_all(b"GET /api/a HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await;
     let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .unwrap();
     assert!(matches!(read, Ok(0) | Err(_)), "closed without an answer");
     let metrics = gateway.gateway.metrics();
-    assert_eq!(metrics.connections_rejected_per_ip.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        metrics
+            .connections_rejected_per_ip
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     // A slot frees when a connection closes.
     drop(held.pop());
     let mut again = None;
@@ -253,7 +312,9 @@ async fn a_slow_header_client_is_cut_off_and_holds_no_slot() {
     let gateway = start_gateway(&yaml, Some(upstream.addr)).await;
     // Slowloris: a header line, then a byte now and then, never the end.
     let mut slow = TcpStream::connect(gateway.proxy()).await.unwrap();
-    slow.write_all(b"GET /api/a HTTP/1.1\r\nhost: t\r\n").await.unwrap();
+    slow.write_all(b"GET /api/a HTTP/1.1\r\nhost: t\r\n")
+        .await
+        .unwrap();
     let started = tokio::time::Instant::now();
     let mut closed = false;
     for _ in 0..20 {
@@ -263,7 +324,9 @@ async fn a_slow_header_client_is_cut_off_and_holds_no_slot() {
             break;
         }
         let mut buf = [0u8; 64];
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(10), slow.read(&mut buf)).await {
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(10), slow.read(&mut buf)).await
+        {
             // hyper answers 408 or just closes; either way the connection is over.
             let _ = n;
             closed = true;
@@ -271,7 +334,11 @@ async fn a_slow_header_client_is_cut_off_and_holds_no_slot() {
         }
     }
     assert!(closed, "the slow client was not cut off");
-    assert!(started.elapsed() <= Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() <= Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
     // The one slot per address is free again for a real client.
     let mut next = None;
     for _ in 0..50 {
@@ -290,14 +357,19 @@ async fn a_slow_header_client_is_cut_off_and_holds_no_slot() {
 #[tokio::test(start_paused = true)]
 async fn a_client_that_sends_nothing_is_closed_after_the_header_timeout() {
     let upstream = start_upstream().await;
-    let yaml = BASIC.replace("max_body_bytes: 1KiB", "max_body_bytes: 1KiB\n  header_read_timeout: 5s");
+    let yaml = BASIC.replace(
+        "max_body_bytes: 1KiB",
+        "max_body_bytes: 1KiB\n  header_read_timeout: 5s",
+    );
     let gateway = start_gateway(&yaml, Some(upstream.addr)).await;
     let mut silent = TcpStream::connect(gateway.proxy()).await.unwrap();
     let started = tokio::time::Instant::now();
     let mut buf = [0u8; 8];
     let read = tokio::time::timeout(Duration::from_secs(60), silent.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
-    assert!(started.elapsed() >= Duration::from_secs(5) && started.elapsed() < Duration::from_secs(7));
+    assert!(
+        started.elapsed() >= Duration::from_secs(5) && started.elapsed() < Duration::from_secs(7)
+    );
 }
 
 #[tokio::test]
@@ -315,5 +387,8 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     assert!(drained);
     let got: Got = in_flight.await.unwrap();
     assert_eq!(got.status, 200, "the in-flight request completed");
-    assert!(TcpStream::connect(proxy).await.is_err(), "no longer accepting");
+    assert!(
+        TcpStream::connect(proxy).await.is_err(),
+        "no longer accepting"
+    );
 }

@@ -31,7 +31,7 @@ fn reload_request(admin: std::net::SocketAddr) -> Request<Full<Bytes>> {
     Request::post(format!("http://{admin}/config/reload"))
         .header("authorization", "Bearer secret")
         .body(Full::new(Bytes::new()))
-        .unwrap()
+        .expect("request")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +57,9 @@ async fn twenty_reloads_under_load_fail_no_request() {
     let admin = http1_client();
     for i in 0..20u64 {
         // Alternate the limit: the rule keeps its name, strategy and key, so its counters carry over.
-        gateway.write_config(&config(1_000_000 + i % 2, 1_000_000).replace("{upstream}", &upstream.addr.to_string()));
+        gateway.write_config(
+            &config(1_000_000 + i % 2, 1_000_000).replace("{upstream}", &upstream.addr.to_string()),
+        );
         let got = send(&admin, reload_request(gateway.admin())).await;
         assert_eq!(got.status, 200, "{:?}", got.body);
     }
@@ -66,7 +68,10 @@ async fn twenty_reloads_under_load_fail_no_request() {
         task.await.unwrap();
     }
     assert_eq!(failed.load(Ordering::Relaxed), 0);
-    assert!(ok.load(Ordering::Relaxed) > 20, "load ran during the reloads");
+    assert!(
+        ok.load(Ordering::Relaxed) > 20,
+        "load ran during the reloads"
+    );
     assert!(gateway.gateway.metrics().reloads_ok.load(Ordering::Relaxed) >= 20);
 }
 
@@ -87,20 +92,44 @@ async fn an_edited_file_applies_within_a_second_and_a_broken_one_changes_nothing
         if got.header("x-ratelimit-limit") == Some("2") {
             break edited.elapsed();
         }
-        assert!(edited.elapsed() < Duration::from_secs(5), "the edit was never applied");
+        assert!(
+            edited.elapsed() < Duration::from_secs(5),
+            "the edit was never applied"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(applied < Duration::from_secs(1), "applied after {applied:?}");
+    assert!(
+        applied < Duration::from_secs(1),
+        "applied after {applied:?}"
+    );
     assert_eq!(send(&client, get(&url, &[])).await.status, 429);
 
     // A broken file: rejected, counted, and the limit of 2 still holds.
-    let failures_before = gateway.gateway.metrics().reloads_failed.load(Ordering::Relaxed);
+    let failures_before = gateway
+        .gateway
+        .metrics()
+        .reloads_failed
+        .load(Ordering::Relaxed);
     gateway.write_config("rules:\n  - { name: tight, limit: -5, window: soon }\n");
     let admin = http1_client();
     let got = send(&admin, reload_request(gateway.admin())).await;
     assert_eq!(got.status, 422);
-    assert!(got.json()["errors"][0].as_str().unwrap().contains("rules[0].limit"), "{:?}", got.body);
-    assert!(gateway.gateway.metrics().reloads_failed.load(Ordering::Relaxed) > failures_before);
+    assert!(
+        got.json()["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("rules[0].limit"),
+        "{:?}",
+        got.body
+    );
+    assert!(
+        gateway
+            .gateway
+            .metrics()
+            .reloads_failed
+            .load(Ordering::Relaxed)
+            > failures_before
+    );
     let still = send(&client, get(&url, &[])).await;
     assert_eq!(still.status, 429);
     assert_eq!(still.header("x-ratelimit-limit"), Some("2"));
@@ -111,12 +140,18 @@ async fn a_changed_listen_address_is_rebound() {
     let upstream = start_upstream().await;
     let gateway = start_gateway(&config(10, 10), Some(upstream.addr)).await;
     let before = gateway.proxy();
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let moved = config(10, 10)
         .replace("listen: 127.0.0.1:0 }", &format!("listen: {free} }}"))
         .replace("{upstream}", &upstream.addr.to_string());
     gateway.write_config(&moved);
-    gateway.gateway.reload(ratethrottle::reload::ReloadTrigger::Api).unwrap();
+    gateway
+        .gateway
+        .reload(ratethrottle::reload::ReloadTrigger::Api)
+        .unwrap();
     assert_eq!(gateway.proxy(), free);
     let got = send(&http1_client(), get(&format!("http://{free}/x"), &[])).await;
     assert_eq!(got.status, 200);

@@ -108,7 +108,10 @@ pub struct Io<'a> {
 
 /// Loads the config the command line names (or the default one); on failure
 /// prints every error, one a line, and returns `None` (exit 1).
-fn load_config(cli: &Cli, io: &mut Io<'_>) -> anyhow::Result<Option<(PathBuf, crate::config::Loaded)>> {
+fn load_config(
+    cli: &Cli,
+    io: &mut Io<'_>,
+) -> anyhow::Result<Option<(PathBuf, crate::config::Loaded)>> {
     let path = crate::config::default_path(cli.config.as_deref());
     match crate::config::load_file(&path) {
         Ok(loaded) => Ok(Some((path, loaded))),
@@ -124,7 +127,8 @@ fn load_config(cli: &Cli, io: &mut Io<'_>) -> anyhow::Result<Option<(PathBuf, cr
 /// `RUST_LOG` when set, else `default_level`.
 fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

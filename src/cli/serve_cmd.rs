@@ -17,7 +17,12 @@ pub fn run(cli: &Cli, args: &ServeArgs, io: &mut Io<'_>) -> anyhow::Result<u8> {
     let Some((path, loaded)) = load_config(cli, io)? else {
         return Ok(1);
     };
-    let default_level = loaded.config.global.log_level.clone().unwrap_or_else(|| "info".to_string());
+    let default_level = loaded
+        .config
+        .global
+        .log_level
+        .clone()
+        .unwrap_or_else(|| "info".to_string());
     init_logging(cli.log_format, &default_level);
     for warning in &loaded.warnings {
         tracing::warn!(%warning, "config warning");

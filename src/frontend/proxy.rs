@@ -58,7 +58,10 @@ impl Proxy {
             enabled: config.global.headers_enabled,
             style: config.global.header_style,
         };
-        let max_body = config.server.as_ref().map_or(u64::MAX, |s| s.max_body_bytes);
+        let max_body = config
+            .server
+            .as_ref()
+            .map_or(u64::MAX, |s| s.max_body_bytes);
 
         if let Some(length) = content_length(request.headers())
             && length > max_body
@@ -85,7 +88,10 @@ impl Proxy {
             return reply(rejection);
         }
         let Decision::Allow { quota, route, .. } = decision else {
-            return reply(Rejection::json(StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"internal"}"#.into()));
+            return reply(Rejection::json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"error":"internal"}"#.into(),
+            ));
         };
         let upstream_name = route
             .as_ref()
@@ -94,14 +100,24 @@ impl Proxy {
         let Some(upstream_name) = upstream_name else {
             return reply(Rejection::json(
                 StatusCode::BAD_GATEWAY,
-                r#"{"error":"no_upstream","message":"no upstream is configured for this route"}"#.into(),
+                r#"{"error":"no_upstream","message":"no upstream is configured for this route"}"#
+                    .into(),
             ));
         };
 
-        let trusted = config.global.trusted_proxies.iter().any(|net| net.contains(&conn.peer.ip()));
+        let trusted = config
+            .global
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&conn.peer.ip()));
         let outgoing = match forwarded_request(request, conn, host.as_deref(), trusted, max_body) {
             Ok(outgoing) => outgoing,
-            Err(rejection) => return reply(rejection),
+            Err(_) => {
+                return reply(Rejection::json(
+                    StatusCode::BAD_REQUEST,
+                    r#"{"error":"bad_request"}"#.into(),
+                ));
+            }
         };
         let upstreams = self.upstreams.load_full();
         let mut response = match upstreams.send(&upstream_name, outgoing).await {
@@ -146,7 +162,13 @@ fn too_large(max_body: u64) -> Rejection {
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Host header (HTTP/1.1) or :authority (HTTP/2).
@@ -166,11 +188,10 @@ fn forwarded_request(
     host: Option<&str>,
     trusted_peer: bool,
     max_body: u64,
-) -> Result<Request<Body>, Rejection> {
+) -> Result<Request<Body>, http::uri::InvalidUri> {
     let (mut parts, incoming) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    parts.uri = Uri::try_from(path_and_query)
-        .map_err(|_| Rejection::json(StatusCode::BAD_REQUEST, r#"{"error":"bad_request"}"#.into()))?;
+    parts.uri = Uri::try_from(path_and_query)?;
     // Let the client library pick the upstream's protocol version.
     parts.version = http::Version::HTTP_11;
     let headers = &mut parts.headers;
@@ -185,7 +206,11 @@ fn forwarded_request(
     };
     set(headers, X_FORWARDED_FOR, &forwarded_for);
     if !(trusted_peer && headers.contains_key(&X_FORWARDED_PROTO)) {
-        set(headers, X_FORWARDED_PROTO, if conn.tls { "https" } else { "http" });
+        set(
+            headers,
+            X_FORWARDED_PROTO,
+            if conn.tls { "https" } else { "http" },
+        );
     }
     if let Some(host) = host {
         if !(trusted_peer && headers.contains_key(&X_FORWARDED_HOST)) {
@@ -221,7 +246,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let keeps_trailers = headers
         .get(http::header::TE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     for name in named {
         headers.remove(name);
     }
@@ -263,7 +291,10 @@ mod tests {
             ("upgrade", "h2c"),
             ("x-kept", "yes"),
         ] {
-            headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
         }
         strip_hop_by_hop(&mut headers);
         let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();

@@ -36,7 +36,11 @@ impl ConnTracker {
         Arc::new(ConnTracker::default())
     }
 
-    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr, settings: &ConnSettings) -> Result<ConnPermit, Rejected> {
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        settings: &ConnSettings,
+    ) -> Result<ConnPermit, Rejected> {
         let ip = ip.to_canonical();
         let mut per_ip = self.per_ip.lock();
         if self.open.load(Ordering::Relaxed) >= settings.max_connections {
@@ -59,7 +63,11 @@ impl ConnTracker {
     }
 
     pub fn open_from(&self, ip: IpAddr) -> u64 {
-        self.per_ip.lock().get(&ip.to_canonical()).copied().unwrap_or(0)
+        self.per_ip
+            .lock()
+            .get(&ip.to_canonical())
+            .copied()
+            .unwrap_or(0)
     }
 }
 

@@ -42,7 +42,11 @@ pub struct ConnInfo {
 
 /// Serves one request; implemented by the proxy.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> impl Future<Output = Response<Body>> + Send;
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send;
 }
 
 /// Timeouts and sizes that apply to a connection, read from the config when it is accepted.
@@ -116,12 +120,18 @@ impl<H: Handler> Listener<H> {
                     continue;
                 }
             };
-            self.metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .connections_accepted
+                .fetch_add(1, Ordering::Relaxed);
             let this = Arc::clone(&self);
             self.connections.spawn(async move {
-                this.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+                this.metrics
+                    .connections_open
+                    .fetch_add(1, Ordering::Relaxed);
                 this.serve_connection(stream, peer, settings).await;
-                this.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+                this.metrics
+                    .connections_open
+                    .fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
         }
@@ -138,23 +148,32 @@ impl<H: Handler> Listener<H> {
         );
         match &self.tls {
             None => {
-                let conn = ConnInfo { peer, local, tls: false };
+                let conn = ConnInfo {
+                    peer,
+                    local,
+                    tls: false,
+                };
                 self.serve_http(io, conn, settings).await;
             }
             Some(tls) => {
                 let handshake = tls.acceptor().accept(io);
-                let stream = match tokio::time::timeout(settings.header_read_timeout, handshake).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        tracing::debug!(client.ip = %peer.ip(), %error, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        self.metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
+                let stream =
+                    match tokio::time::timeout(settings.header_read_timeout, handshake).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(client.ip = %peer.ip(), %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            self.metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    };
+                let conn = ConnInfo {
+                    peer,
+                    local,
+                    tls: true,
                 };
-                let conn = ConnInfo { peer, local, tls: true };
                 self.serve_http(stream, conn, settings).await;
             }
         }

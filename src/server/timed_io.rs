@@ -27,7 +27,12 @@ pub struct TimedIo<T> {
 }
 
 impl<T> TimedIo<T> {
-    pub fn new(inner: T, first_byte_timeout: Duration, idle_timeout: Duration, metrics: Arc<ServerMetrics>) -> Self {
+    pub fn new(
+        inner: T,
+        first_byte_timeout: Duration,
+        idle_timeout: Duration,
+        metrics: Arc<ServerMetrics>,
+    ) -> Self {
         let now = Instant::now();
         TimedIo {
             inner,
@@ -58,7 +63,11 @@ impl<T> TimedIo<T> {
                 }
             }
             self.metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
-            let what = if self.started { "idle timeout" } else { "no request in time" };
+            let what = if self.started {
+                "idle timeout"
+            } else {
+                "no request in time"
+            };
             return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what));
         }
     }
@@ -67,7 +76,11 @@ impl<T> TimedIo<T> {
 use std::future::Future as _;
 
 impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -86,7 +99,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write(cx, data) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
@@ -136,7 +153,12 @@ mod tests {
     async fn a_silent_client_is_cut_off_at_the_first_byte_deadline() {
         let (_client, server) = duplex(64);
         let metrics = Arc::new(ServerMetrics::default());
-        let mut io = TimedIo::new(server, Duration::from_secs(10), Duration::from_secs(60), Arc::clone(&metrics));
+        let mut io = TimedIo::new(
+            server,
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            Arc::clone(&metrics),
+        );
         let mut buf = [0u8; 8];
         let started = Instant::now();
         let error = io.read(&mut buf).await.unwrap_err();
@@ -149,7 +171,12 @@ mod tests {
     async fn activity_pushes_the_idle_deadline_back() {
         let (mut client, server) = duplex(64);
         let metrics = Arc::new(ServerMetrics::default());
-        let mut io = TimedIo::new(server, Duration::from_secs(10), Duration::from_secs(60), metrics);
+        let mut io = TimedIo::new(
+            server,
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            metrics,
+        );
         let mut buf = [0u8; 8];
         client.write_all(b"a").await.unwrap();
         assert_eq!(io.read(&mut buf).await.unwrap(), 1);
