@@ -247,14 +247,14 @@ impl Gateway {
         let admin_addr = Some(config.admin.listen);
 
         // Bind everything new first, so a failure leaves all as it was.
-        let bind_if_moved =
-            |current: &Option<Running>, wanted: Option<SocketAddr>, role: &'static str| match (
-                current, wanted,
-            ) {
-                (Some(running), Some(addr)) if running.configured == addr => Ok(None),
-                (_, Some(addr)) => bind(addr, role).map(|l| Some((addr, l))),
-                (_, None) => Ok(None),
-            };
+        let bind_if_moved = |current: &Option<Running>,
+                             wanted: Option<SocketAddr>,
+                             role: &'static str| match (current, wanted)
+        {
+            (Some(running), Some(addr)) if running.configured == addr => Ok(None),
+            (_, Some(addr)) => bind(addr, role).map(|l| Some((addr, l))),
+            (_, None) => Ok(None),
+        };
         let new_proxy = bind_if_moved(&listeners.proxy, proxy_addr, "server.listen")?;
         let new_tls = bind_if_moved(&listeners.tls, tls_addr, "server.tls.listen")?;
         let new_admin = bind_if_moved(&listeners.admin, admin_addr, "admin.listen")?;

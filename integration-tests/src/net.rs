@@ -224,3 +224,57 @@ pub fn post(url: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
         .body(Full::new(body.into()))
         .expect("request")
 }
+
+/// A test CA and a certificate for `localhost` signed by it, written as PEM
+/// files into `dir`: (ca certificate DER, cert file, key file).
+pub fn localhost_certificate(
+    dir: &std::path::Path,
+) -> (rustls::pki_types::CertificateDer<'static>, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("leaf params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf cert");
+    let cert_file = dir.join("cert.pem");
+    let key_file = dir.join("key.pem");
+    std::fs::write(&cert_file, leaf.pem()).expect("write cert");
+    std::fs::write(&key_file, leaf_key.serialize_pem()).expect("write key");
+    (ca_cert.der().clone(), cert_file, key_file)
+}
+
+/// An HTTPS client trusting only `ca`, offering `alpn` (e.g. h2, http/1.1).
+pub fn https_client(
+    ca: &rustls::pki_types::CertificateDer<'static>,
+    http2: bool,
+) -> hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).expect("trust the test CA");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only();
+    let connector = if http2 {
+        builder.enable_http2().build()
+    } else {
+        builder.enable_http1().build()
+    };
+    let mut client = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+    if http2 {
+        client.http2_only(true);
+    }
+    client.build(connector)
+}

@@ -392,3 +392,69 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn an_http10_upstream_answer_reaches_the_client_as_http11() {
+    // A bare upstream that speaks HTTP/1.0, as `python3 -m http.server` does.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = read_head(&mut s).await;
+                let _ = s
+                    .write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let gateway = start_gateway(BASIC, Some(addr)).await;
+    let mut client = TcpStream::connect(gateway.proxy()).await.unwrap();
+    client
+        .write_all(b"GET /api/x HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut client).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[tokio::test]
+async fn the_tls_listener_speaks_h2_and_http11_and_reloads_its_certificate() {
+    use integration_tests::net::{https_client, localhost_certificate};
+    let upstream = start_upstream().await;
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert_file, key_file) = localhost_certificate(certs.path());
+    let yaml = BASIC.replace(
+        "  max_body_bytes: 1KiB",
+        &format!(
+            "  max_body_bytes: 1KiB\n  tls: {{ listen: 127.0.0.1:0, cert_file: {}, key_file: {} }}",
+            cert_file.display(),
+            key_file.display()
+        ),
+    );
+    let gateway = start_gateway(&yaml, Some(upstream.addr)).await;
+    let port = gateway.gateway.addrs().tls.unwrap().port();
+    let url = format!("https://localhost:{port}/api/items");
+    for (http2, version) in [
+        (true, http::Version::HTTP_2),
+        (false, http::Version::HTTP_11),
+    ] {
+        let got = send(&https_client(&ca, http2), get(&url, &[])).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.version, version);
+        assert_eq!(got.json()["headers"]["x-forwarded-proto"], "https");
+        assert!(got.header("x-ratelimit-remaining").is_some());
+    }
+
+    // A new certificate from a new CA, same files: after a reload, new
+    // handshakes need the new CA.
+    let (new_ca, _, _) = localhost_certificate(certs.path());
+    gateway
+        .gateway
+        .reload(ratethrottle::reload::ReloadTrigger::Api)
+        .unwrap();
+    let got = send(&https_client(&new_ca, false), get(&url, &[])).await;
+    assert_eq!(got.status, 200);
+    let old = https_client(&ca, false).request(get(&url, &[])).await;
+    assert!(old.is_err(), "the old CA no longer verifies");
+}

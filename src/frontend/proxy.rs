@@ -70,6 +70,7 @@ impl Proxy {
         }
 
         let host = request_host(&request).map(str::to_string);
+        let client_version = request.version();
         let decision = {
             let facts = RequestFacts {
                 peer: conn.peer.ip(),
@@ -125,6 +126,8 @@ impl Proxy {
             Err(error) => return reply(self.upstream_failed(&upstream_name, &error, max_body)),
         };
         strip_hop_by_hop(response.headers_mut());
+        // The client speaks its own version with us, whatever the upstream spoke (e.g. HTTP/1.0).
+        *response.version_mut() = client_version;
         if let Some(quota) = &quota {
             respond::add_quota_headers(response.headers_mut(), quota, options, now);
         }
