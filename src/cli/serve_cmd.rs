@@ -29,12 +29,18 @@ pub fn run(cli: &Cli, args: &ServeArgs, io: &mut Io<'_>) -> anyhow::Result<u8> {
     }
     tracing::info!(config = %path.display(), summary = %config::summary(&loaded.config), "config loaded");
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all().thread_name("ratethrottle");
-    if let Some(workers) = args.workers {
-        runtime.worker_threads(workers.max(1));
-    }
-    let runtime = runtime.build()?;
+    // One worker: a current-thread runtime, which skips the work-stealing
+    // machinery a single worker cannot use.
+    let mut runtime = match args.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers.max(1));
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = runtime.enable_all().thread_name("ratethrottle").build()?;
     match runtime.block_on(app::serve(path, loaded.config)) {
         Ok(()) => Ok(0),
         Err(error) => {

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Load benchmark of the reverse proxy on loopback: the same small upstream
+# reached directly, through ratethrottle (one rule on every request, a limit
+# never reached), through nginx with limit_req, and through HAProxy with a
+# stick-table request-rate rule. Each proxy runs one worker thread so the
+# comparison is fair on a 2-core machine. wrk: 64 connections, ROUNDS
+# alternating rounds of DURATION each; prints req/s, p50 and p99 per round
+# and the median over rounds, plus the ratios that docs/benchmarks.md quotes.
+#
+#   bench/proxy.sh                 # 3 rounds of 10 s
+#   ROUNDS=5 DURATION=20s bench/proxy.sh
+#
+# Needs: nginx, haproxy, wrk (apt-get install nginx haproxy wrk).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+UPSTREAM_PORT=18080
+RT_PORT=18081
+NGINX_PORT=18082
+HAPROXY_PORT=18083
+ADMIN_PORT=18089
+
+for tool in nginx haproxy wrk; do
+    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nginx haproxy wrk" >&2; exit 1; }
+done
+
+cargo build --release --quiet
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The upstream: nginx answering a fixed 13-byte body, one worker.
+mkdir -p "$work/up"
+cat > "$work/up/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/up/nginx.pid;
+error_log $work/up/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$UPSTREAM_PORT;
+        location / { return 200 "hello, world\n"; }
+    }
+}
+CONF
+nginx -c "$work/up/nginx.conf" -p "$work/up" &
+pids+=($!)
+
+# ratethrottle: one rule on every request, one worker thread.
+cat > "$work/ratethrottle.yaml" <<CONF
+server:
+  listen: 127.0.0.1:$RT_PORT
+  max_connections_per_ip: 100000
+admin: { listen: 127.0.0.1:$ADMIN_PORT }
+upstreams:
+  default: { url: "http://127.0.0.1:$UPSTREAM_PORT" }
+rules:
+  - { name: everything, limit: 1000000000, window: 1s, strategy: token_bucket }
+ddos_protection: { enabled: false }
+violations: { log: false }
+CONF
+RUST_LOG=warn ./target/release/ratethrottle serve --workers 1 --config "$work/ratethrottle.yaml" &
+pids+=($!)
+
+# nginx with limit_req on every request (a rate never reached).
+mkdir -p "$work/nginx"
+cat > "$work/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    limit_req_zone \$binary_remote_addr zone=perip:10m rate=1000000r/s;
+    upstream backend { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            limit_req zone=perip burst=1000000 nodelay;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass http://backend;
+        }
+    }
+}
+CONF
+nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" &
+pids+=($!)
+
+# HAProxy with a stick-table request-rate rule (a rate never reached).
+cat > "$work/haproxy.cfg" <<CONF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+frontend fe
+    bind 127.0.0.1:$HAPROXY_PORT
+    stick-table type ip size 100k expire 60s store http_req_rate(1s)
+    http-request track-sc0 src
+    http-request deny deny_status 429 if { sc_http_req_rate(0) gt 1000000000 }
+    default_backend be
+backend be
+    http-reuse always
+    server up 127.0.0.1:$UPSTREAM_PORT
+CONF
+haproxy -f "$work/haproxy.cfg" -db &
+pids+=($!)
+
+wait_port() {
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "port $1 never opened" >&2
+    exit 1
+}
+for port in $UPSTREAM_PORT $RT_PORT $NGINX_PORT $HAPROXY_PORT; do wait_port "$port"; done
+
+# Checks that each target really proxies, and that ratethrottle adds its headers.
+curl -sf "http://127.0.0.1:$RT_PORT/" -D - -o /dev/null | grep -qi '^x-ratelimit-limit' \
+    || { echo "ratethrottle is not answering with rate-limit headers" >&2; exit 1; }
+for port in $UPSTREAM_PORT $NGINX_PORT $HAPROXY_PORT; do
+    [ "$(curl -sf "http://127.0.0.1:$port/")" = "hello, world" ] || { echo "port $port does not proxy" >&2; exit 1; }
+done
+
+# wrk prints latency in us/ms/s; normalise to milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v; sub(/[a-z]+$/, "", n);
+        if (v ~ /us$/) print n / 1000; else if (v ~ /ms$/) print n; else if (v ~ /s$/) print n * 1000; else print n }'
+}
+
+declare -A rps p50 p99
+targets=(direct ratethrottle nginx haproxy)
+declare -A port_of=([direct]=$UPSTREAM_PORT [ratethrottle]=$RT_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "wrk: 1 thread, $CONNECTIONS connections, $DURATION per run, $ROUNDS rounds"
+printf '%-6s %-13s %12s %10s %10s\n' round target req/s p50_ms p99_ms
+for round in $(seq 1 "$ROUNDS"); do
+    for target in "${targets[@]}"; do
+        out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:${port_of[$target]}/")
+        r=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+        l50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+        l99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+        errors=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+        rps[$target]+="$r "
+        p50[$target]+="$l50 "
+        p99[$target]+="$l99 "
+        printf '%-6s %-13s %12s %10s %10s %s\n' "$round" "$target" "$r" "$l50" "$l99" "${errors:+non-2xx=$errors}"
+    done
+done
+
+median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+echo
+echo "median over $ROUNDS rounds"
+printf '| %-13s | %10s | %8s | %8s |\n' target "req/s" "p50 ms" "p99 ms"
+printf '|---|---:|---:|---:|\n'
+for target in "${targets[@]}"; do
+    printf '| %-13s | %10s | %8s | %8s |\n' "$target" "$(median "${rps[$target]}")" "$(median "${p50[$target]}")" "$(median "${p99[$target]}")"
+done
+rt=$(median "${rps[ratethrottle]}"); ng=$(median "${rps[nginx]}"); ha=$(median "${rps[haproxy]}")
+rt99=$(median "${p99[ratethrottle]}"); d99=$(median "${p99[direct]}")
+echo
+awk -v rt="$rt" -v ng="$ng" -v ha="$ha" -v a="$rt99" -v d="$d99" 'BEGIN {
+    printf "ratethrottle req/s / nginx: %.2f   / haproxy: %.2f\n", rt / ng, rt / ha;
+    printf "ratethrottle p99 added over direct: %.3f ms\n", a - d }'
