@@ -502,3 +502,34 @@ fn request_counters_split_by_route_rule_and_decision() {
     assert_eq!(counters.get("", "").get(DecisionKind::NoRoute), 1);
     assert_eq!(engine.decision_latency().count(), 8);
 }
+
+#[test]
+fn a_reload_that_lowers_a_bucket_limit_keeps_a_sane_bucket() {
+    // The bucket's state must mean the same thing under the new limit: after
+    // 100/min becomes 3/min, at most 3 more pass and the wait is under a minute.
+    for strategy in ["token_bucket", "leaky_bucket"] {
+        let yaml = |limit: u64| {
+            format!("rules: [{{ name: b, limit: {limit}, window: 1m, strategy: {strategy} }}]\n")
+        };
+        let (engine, _clock) = engine(&yaml(100));
+        assert!(decide(&engine, &Req::get("/")).is_allowed());
+        engine.apply_config(config_from(&yaml(3)));
+        let mut allowed = 0;
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            match decide(&engine, &Req::get("/")) {
+                Decision::Allow { .. } => allowed += 1,
+                Decision::RateLimited { retry_after, quota } => {
+                    assert_eq!(quota.limit, 3);
+                    waits.push(retry_after);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!((2..=3).contains(&allowed), "{strategy}: {allowed}");
+        assert!(
+            waits.iter().all(|w| *w <= Duration::from_secs(60)),
+            "{strategy}: {waits:?}"
+        );
+    }
+}

@@ -6,37 +6,31 @@
 //! is `burst`; leaky_bucket's is `limit`.
 //!
 //! Rather than the level we keep the instant the bucket will be empty (as
-//! GCRA does): `level = (empty_at - now) * rate`. Measured in nanoseconds
-//! times `limit`, every quantity is an integer: draining one request takes
-//! exactly `window` of those units, so there is no rounding anywhere, and an
-//! all-zero state is an empty bucket (a fresh key).
+//! GCRA does): `level = (empty_at - now) * limit / window`. Decisions compare
+//! `(empty_at - now) * limit` with multiples of `window` in integers, so they
+//! are exact; only the stored instant is rounded, up, to whole nanoseconds
+//! (conservative by at most a nanosecond per request). The state means the
+//! same thing whatever the limit, so a reload that changes a rule's limit
+//! keeps a sensible bucket, and an all-zero state is an empty bucket (a fresh
+//! key).
 //!
-//! State: `empty_at * limit` as a u128 split over the two words.
+//! State: `[empty_at in Unix nanoseconds, 0]`.
 
 use super::{CompactState, Limit, Nanos, Verdict};
 
-fn load(state: &CompactState) -> u128 {
-    (state[0] as u128) << 64 | state[1] as u128
-}
-
-fn store(state: &mut CompactState, empty_at: u128) {
-    state[0] = (empty_at >> 64) as u64;
-    state[1] = empty_at as u64;
-}
-
-/// Scaled units (ns × limit) back to nanoseconds, rounded up.
+/// Nanoseconds, rounded up, that `units` (nanoseconds × limit) stand for.
 fn to_nanos(units: u128, limit: &Limit) -> Nanos {
     units.div_ceil(limit.limit as u128).min(u64::MAX as u128) as Nanos
 }
 
 pub(super) fn check(limit: &Limit, state: &mut CompactState, now: Nanos, cost: u64) -> Verdict {
     let window = limit.window as u128;
-    let now_units = now as u128 * limit.limit as u128;
     // A clock that stepped back drains nothing.
-    let empty_at = load(state).max(now_units);
-    store(state, empty_at);
+    let empty_at = state[0].max(now);
+    state[0] = empty_at;
 
-    let level = empty_at - now_units;
+    // The level, in units of nanoseconds × limit: one request is `window` units.
+    let level = (empty_at - now) as u128 * limit.limit as u128;
     let capacity = limit.capacity() as u128 * window;
     let remaining = |level: u128| (capacity.saturating_sub(level) / window) as u64;
     if cost > limit.capacity() {
@@ -60,10 +54,11 @@ pub(super) fn check(limit: &Limit, state: &mut CompactState, now: Nanos, cost: u
     }
 }
 
-/// Admits a request of `cost`: the bucket stays non-empty `cost` drain-times longer.
+/// Admits a request of `cost`: the bucket stays non-empty `cost` drain-times
+/// longer, rounded up to the nanosecond.
 pub(super) fn consume(limit: &Limit, state: &mut CompactState, cost: u64) {
-    let empty_at = load(state) + cost as u128 * limit.window as u128;
-    store(state, empty_at);
+    let drain = (cost as u128 * limit.window as u128).div_ceil(limit.limit as u128);
+    state[0] = state[0].saturating_add(drain.min(u64::MAX as u128) as u64);
 }
 
 #[cfg(test)]
