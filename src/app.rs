@@ -19,6 +19,7 @@ use crate::admin::{self, AdminContext};
 use crate::clock::SystemClock;
 use crate::config::{self, Config, StorageType};
 use crate::engine::Engine;
+use crate::frontend::envoy_http::EnvoyHttp;
 use crate::frontend::proxy::Proxy;
 use crate::metrics::ServerMetrics;
 use crate::reload::{self, ReloadTrigger};
@@ -60,6 +61,7 @@ pub struct BoundAddrs {
     pub proxy: Option<SocketAddr>,
     pub tls: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    pub envoy_http: Option<SocketAddr>,
 }
 
 struct Running {
@@ -73,6 +75,7 @@ struct Listeners {
     proxy: Option<Running>,
     tls: Option<Running>,
     admin: Option<Running>,
+    envoy_http: Option<Running>,
 }
 
 pub struct Gateway {
@@ -169,6 +172,7 @@ impl Gateway {
             proxy: listeners.proxy.as_ref().map(|r| r.bound),
             tls: listeners.tls.as_ref().map(|r| r.bound),
             admin: listeners.admin.as_ref().map(|r| r.bound),
+            envoy_http: listeners.envoy_http.as_ref().map(|r| r.bound),
         }
     }
 
@@ -245,6 +249,7 @@ impl Gateway {
             .and_then(|s| s.tls.as_ref())
             .map(|t| t.listen);
         let admin_addr = Some(config.admin.listen);
+        let envoy_http_addr = config.ext_authz.as_ref().and_then(|e| e.http_listen);
 
         // Bind everything new first, so a failure leaves all as it was.
         let bind_if_moved = |current: &Option<Running>,
@@ -258,6 +263,11 @@ impl Gateway {
         let new_proxy = bind_if_moved(&listeners.proxy, proxy_addr, "server.listen")?;
         let new_tls = bind_if_moved(&listeners.tls, tls_addr, "server.tls.listen")?;
         let new_admin = bind_if_moved(&listeners.admin, admin_addr, "admin.listen")?;
+        let new_envoy_http = bind_if_moved(
+            &listeners.envoy_http,
+            envoy_http_addr,
+            "ext_authz.http_listen",
+        )?;
 
         replace(&mut listeners.proxy, proxy_addr, new_proxy, |l| {
             self.spawn_proxy(l, false)
@@ -268,6 +278,12 @@ impl Gateway {
         replace(&mut listeners.admin, admin_addr, new_admin, |l| {
             self.spawn_admin(l)
         });
+        replace(
+            &mut listeners.envoy_http,
+            envoy_http_addr,
+            new_envoy_http,
+            |l| self.spawn_envoy_http(l),
+        );
         Ok(())
     }
 
@@ -296,6 +312,38 @@ impl Gateway {
             tls: tls_cell,
             settings,
             tracker: Arc::clone(&self.conn_tracker),
+            metrics: Arc::clone(&self.metrics),
+            connections: self.connections.clone(),
+            stop_accepting: stop.clone(),
+            drain: self.drain.clone(),
+        });
+        tokio::spawn(accept_loop.run(listener));
+        stop
+    }
+
+    /// Envoy's ext_authz HTTP service. Envoy is one peer with many
+    /// connections, so the per-address cap does not apply; the connection
+    /// timeouts and the total cap of `server` (or their defaults) do.
+    fn spawn_envoy_http(&self, listener: TcpListener) -> CancellationToken {
+        let stop = self.shutdown.child_token();
+        let engine = Arc::clone(&self.engine);
+        let settings = Arc::new(move || {
+            let snapshot = engine.snapshot();
+            let mut settings = snapshot
+                .config
+                .server
+                .as_ref()
+                .map_or_else(ConnSettings::defaults, ConnSettings::from_config);
+            settings.max_connections_per_ip = u64::MAX;
+            Some(settings)
+        });
+        let accept_loop = Arc::new(Listener {
+            handler: Arc::new(EnvoyHttp {
+                engine: Arc::clone(&self.engine),
+            }),
+            tls: None,
+            settings,
+            tracker: ConnTracker::new(),
             metrics: Arc::clone(&self.metrics),
             connections: self.connections.clone(),
             stop_accepting: stop.clone(),

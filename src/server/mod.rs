@@ -60,6 +60,17 @@ pub struct ConnSettings {
 }
 
 impl ConnSettings {
+    /// The defaults of SPEC.md's `server` section, for listeners without one.
+    pub fn defaults() -> ConnSettings {
+        ConnSettings {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 16 * 1024,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+        }
+    }
+
     pub fn from_config(server: &ServerConfig) -> ConnSettings {
         ConnSettings {
             header_read_timeout: server.header_read_timeout,

@@ -1,0 +1,147 @@
+//! Envoy's ext_authz filter in HTTP mode: Envoy sends the client's method,
+//! path (behind its `path_prefix`) and headers; we answer 200 to let the
+//! request through, with the rate-limit headers for Envoy to pass upstream,
+//! or the same 429/403/503 answer the proxy would give, which Envoy relays.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::HOST;
+use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::respond::{self, HeaderOptions};
+use crate::body::{self, Body};
+use crate::decision::Decision;
+use crate::engine::{Engine, RequestFacts};
+use crate::server::{ConnInfo, Handler};
+
+const X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+
+/// The most request body Envoy's `with_request_body` may send that we read.
+const MAX_CHECK_BODY: usize = 1024 * 1024;
+
+pub struct EnvoyHttp {
+    pub engine: Arc<Engine>,
+}
+
+impl Handler for EnvoyHttp {
+    async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let snapshot = self.engine.snapshot();
+        let config = &snapshot.config;
+        let prefix = config
+            .ext_authz
+            .as_ref()
+            .map_or("", |e| e.path_prefix.as_str());
+        let options = HeaderOptions {
+            enabled: config.global.headers_enabled,
+            style: config.global.header_style,
+        };
+        let (parts, incoming) = request.into_parts();
+        // Envoy may send the body (`with_request_body`); read it so the
+        // connection stays reusable. Rules do not look at it.
+        let max_body = config.server.as_ref().map_or(MAX_CHECK_BODY, |s| {
+            usize::try_from(s.max_body_bytes).unwrap_or(MAX_CHECK_BODY)
+        });
+        if Limited::new(incoming, max_body).collect().await.is_err() {
+            return plain(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+
+        let full_path = parts.uri.path();
+        let path = strip_prefix(full_path, prefix);
+        let host = parts
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+        let facts = RequestFacts {
+            peer: conn.peer.ip(),
+            client_ip: external_address(&parts.headers),
+            method: &parts.method,
+            host,
+            path,
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            cost: 1,
+        };
+        let decision = self.engine.decide(&facts).await;
+        let now = self.engine.now();
+        match &decision {
+            // With routes and none matching, Envoy routes: we only limit.
+            Decision::NoRoute => plain(StatusCode::OK),
+            Decision::Allow { quota, .. } => {
+                let mut response = plain(StatusCode::OK);
+                if let Some(quota) = quota {
+                    respond::add_quota_headers(response.headers_mut(), quota, options, now);
+                }
+                response
+            }
+            _ => match respond::rejection(&decision, options, now) {
+                Some(rejection) => {
+                    let mut response = Response::new(body::full(rejection.body));
+                    *response.status_mut() = rejection.status;
+                    *response.headers_mut() = rejection.headers;
+                    response
+                }
+                None => plain(StatusCode::OK),
+            },
+        }
+    }
+}
+
+fn plain(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = status;
+    response
+}
+
+/// The client's path: Envoy's `path_prefix` removed (a path without it is used as it is).
+fn strip_prefix<'a>(path: &'a str, prefix: &str) -> &'a str {
+    let prefix = prefix.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) if !prefix.is_empty() && (rest.is_empty() || rest.starts_with('/')) => {
+            if rest.is_empty() { "/" } else { rest }
+        }
+        _ => path,
+    }
+}
+
+/// `x-envoy-external-address`: the client address Envoy determined, when
+/// present and valid. It is set by Envoy itself, which is why it is believed.
+fn external_address(headers: &HeaderMap) -> Option<IpAddr> {
+    headers
+        .get(X_ENVOY_EXTERNAL_ADDRESS)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_path_prefix_is_stripped_only_at_a_segment_boundary() {
+        assert_eq!(strip_prefix("/authz/api/items", "/authz"), "/api/items");
+        assert_eq!(strip_prefix("/authz/api/items", "/authz/"), "/api/items");
+        assert_eq!(strip_prefix("/authz", "/authz"), "/");
+        assert_eq!(strip_prefix("/authzx/a", "/authz"), "/authzx/a");
+        assert_eq!(strip_prefix("/api", ""), "/api");
+    }
+
+    #[test]
+    fn the_external_address_must_parse() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_ENVOY_EXTERNAL_ADDRESS, "198.51.100.7".parse().unwrap());
+        assert_eq!(
+            external_address(&headers),
+            Some("198.51.100.7".parse().unwrap())
+        );
+        headers.insert(X_ENVOY_EXTERNAL_ADDRESS, "nonsense".parse().unwrap());
+        assert_eq!(external_address(&headers), None);
+    }
+}
