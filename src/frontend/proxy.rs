@@ -122,7 +122,7 @@ impl Proxy {
         };
         let upstreams = self.upstreams.load_full();
         let mut response = match upstreams.send(&upstream_name, outgoing).await {
-            Ok(response) => response,
+            Ok(response) => response.map(body::stream),
             Err(error) => return reply(self.upstream_failed(&upstream_name, &error, max_body)),
         };
         strip_hop_by_hop(response.headers_mut());

@@ -2,8 +2,6 @@
 //! http:// or https:// (rustls), HTTP/1.1 or HTTP/2; a config reload keeps the
 //! client, and its open connections, of every upstream whose settings are unchanged.
 
-mod h1;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +9,7 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
 use hyper_rustls::{ConfigBuilderExt, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -135,8 +134,6 @@ struct Upstream {
     authority: Authority,
     version: Version,
     client: HttpClient,
-    /// Plain-HTTP/1.1 upstreams skip the pooled client (see h1.rs).
-    h1: Option<Arc<h1::H1Pool>>,
 }
 
 /// The clients of every configured upstream, by name. Cheap to clone.
@@ -195,44 +192,11 @@ impl Upstreams {
         &self,
         upstream: &str,
         mut request: Request<Body>,
-    ) -> Result<Response<Body>, UpstreamError> {
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let up = self
             .by_name
             .get(upstream)
             .ok_or_else(|| UpstreamError::Unknown(upstream.to_string()))?;
-        let after = up.config.request_timeout;
-        let timed_out = || UpstreamError::Timeout {
-            upstream: upstream.to_string(),
-            after,
-        };
-        // hyper refuses an HTTP/2 request on an HTTP/1 connection, and the
-        // version the downstream client spoke says nothing about the upstream's.
-        *request.version_mut() = up.version;
-
-        if let Some(pool) = &up.h1 {
-            // A connection of our own takes the origin form; Host is the proxy's business.
-            if request.uri().scheme().is_some() {
-                let origin = request
-                    .uri()
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
-                *request.uri_mut() = Uri::from(origin);
-            }
-            return match tokio::time::timeout(after, pool.send(request)).await {
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(h1::H1Error::Connect(source))) => Err(UpstreamError::Connect {
-                    upstream: upstream.to_string(),
-                    source,
-                }),
-                Ok(Err(h1::H1Error::Protocol(source))) => Err(UpstreamError::Protocol {
-                    upstream: upstream.to_string(),
-                    source,
-                }),
-                Err(_elapsed) => Err(timed_out()),
-            };
-        }
-
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(up.scheme.clone());
         parts.authority = Some(up.authority.clone());
@@ -247,8 +211,13 @@ impl Upstreams {
             upstream: upstream.to_string(),
             source: e.into(),
         })?;
+        // hyper refuses an HTTP/2 request on an HTTP/1 connection, and the
+        // version the downstream client spoke says nothing about the upstream's.
+        *request.version_mut() = up.version;
+
+        let after = up.config.request_timeout;
         match tokio::time::timeout(after, up.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response.map(crate::body::stream)),
+            Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect {
                 upstream: upstream.to_string(),
                 source: e.into(),
@@ -257,7 +226,10 @@ impl Upstreams {
                 upstream: upstream.to_string(),
                 source: e.into(),
             }),
-            Err(_elapsed) => Err(timed_out()),
+            Err(_elapsed) => Err(UpstreamError::Timeout {
+                upstream: upstream.to_string(),
+                after,
+            }),
         }
     }
 }
@@ -308,21 +280,11 @@ impl Upstream {
                 .http2_keep_alive_interval(H2_KEEPALIVE_INTERVAL)
                 .http2_keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
         }
-        let h1 = (scheme == Scheme::HTTP && !config.http2).then(|| {
-            let port = authority.port_u16().unwrap_or(80);
-            h1::H1Pool::new(
-                format!("{}:{port}", authority.host()),
-                config.connect_timeout,
-                POOL_IDLE_TIMEOUT,
-                POOL_MAX_IDLE_PER_HOST,
-            )
-        });
         Ok(Self {
             config: config.clone(),
             ca_pem,
             scheme,
             authority,
-            h1,
             version: if config.http2 {
                 Version::HTTP_2
             } else {
@@ -443,7 +405,7 @@ mod tests {
 
     /// Answers with what it saw in `x-seen-*` headers and streams the request
     /// body back as the response body.
-    async fn echo(request: Request<hyper::body::Incoming>) -> Result<Response<Body>, Infallible> {
+    async fn echo(request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         let seen_path = request
             .uri()
             .path_and_query()
@@ -512,11 +474,11 @@ mod tests {
         Request::get(path).body(crate::body::empty()).unwrap()
     }
 
-    fn header<'a>(response: &'a Response<Body>, name: &str) -> &'a str {
+    fn header<'a>(response: &'a Response<Incoming>, name: &str) -> &'a str {
         response.headers()[name].to_str().unwrap()
     }
 
-    async fn text(response: Response<Body>) -> String {
+    async fn text(response: Response<Incoming>) -> String {
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
     }
