@@ -260,7 +260,9 @@ impl Engine {
         // The rule each descriptor reports, as an index into `rules`.
         let mut reported: Vec<Option<usize>> = vec![None; descriptors.len()];
         for group in pairs.chunk_by(|a, b| a.0 == b.0) {
-            let d = group[0].0;
+            let Some(&(d, _)) = group.first() else {
+                continue;
+            };
             let candidates = group.iter().map(|&(_, p)| (p, &verdicts[p]));
             let denied = candidates
                 .clone()
