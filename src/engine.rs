@@ -381,7 +381,7 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn report(
+    pub(crate) fn report(
         &self,
         rule: &Rule,
         verdict: &Verdict,
@@ -415,7 +415,7 @@ impl Engine {
         self.violations.publish(violation);
     }
 
-    fn store_failed(&self, snapshot: &Snapshot, error: StoreError) -> Decision {
+    pub(crate) fn store_failed(&self, snapshot: &Snapshot, error: StoreError) -> Decision {
         self.store_errors.fetch_add(1, Ordering::Relaxed);
         // One log line a second at most: a dead store must not flood the log.
         let now_secs = self.clock.now() / NANOS_PER_SEC;
@@ -482,7 +482,7 @@ fn allow(
     }
 }
 
-fn quota(rule: &Rule, verdict: &Verdict) -> Quota {
+pub(crate) fn quota(rule: &Rule, verdict: &Verdict) -> Quota {
     Quota {
         rule: Arc::clone(&rule.name),
         limit: verdict.limit,

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod decision;
+pub mod descriptors;
 pub mod engine;
 pub mod frontend;
 pub mod identity;

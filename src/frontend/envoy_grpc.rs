@@ -1,0 +1,588 @@
+//! Envoy's gRPC APIs over the engine: ext_authz v3 `Check`, rate limit v3
+//! `ShouldRateLimit` and `grpc.health.v1.Health`, served as h2c on one listener.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue as PbHeader, HeaderValueOption};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer};
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{
+    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus as PbDescriptorStatus, RateLimit,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use http::header::RETRY_AFTER;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Code as GrpcCode, Request, Response, Status};
+
+use crate::config::OnError;
+use crate::decision::{Decision, retry_after_secs};
+use crate::descriptors::{DescriptorStatus, most_restrictive};
+use crate::engine::{Engine, RequestFacts};
+use crate::frontend::respond::{self, HeaderOptions};
+
+/// The header Envoy sets to the client address it trusts.
+const EXTERNAL_ADDRESS: &str = "x-envoy-external-address";
+
+/// Both Envoy services over one engine.
+#[derive(Clone)]
+pub struct EnvoyGrpc {
+    engine: Arc<Engine>,
+}
+
+impl EnvoyGrpc {
+    pub fn new(engine: Arc<Engine>) -> EnvoyGrpc {
+        EnvoyGrpc { engine }
+    }
+
+    fn header_options(&self) -> HeaderOptions {
+        let snapshot = self.engine.snapshot();
+        HeaderOptions {
+            enabled: snapshot.config.global.headers_enabled,
+            style: snapshot.config.global.header_style,
+        }
+    }
+}
+
+/// The ext_authz, rate limit and health services, ready to serve. Health
+/// reports the whole server and both Envoy services as SERVING.
+pub async fn router(engine: Arc<Engine>) -> Routes {
+    // tonic-health is tonic's own crate, released in step with it (0.14), and
+    // adds nothing to the tree beyond what tonic already brings.
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<AuthorizationServer<EnvoyGrpc>>()
+        .await;
+    reporter
+        .set_serving::<RateLimitServiceServer<EnvoyGrpc>>()
+        .await;
+    let service = EnvoyGrpc::new(engine);
+    Routes::new(AuthorizationServer::new(service.clone()))
+        .add_service(RateLimitServiceServer::new(service))
+        .add_service(health)
+}
+
+/// Serves [`router`] over h2c on `listener` until `shutdown` resolves, then
+/// lets in-flight calls finish.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let routes = router(engine).await;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+#[tonic::async_trait]
+impl Authorization for EnvoyGrpc {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let checked = CheckedRequest::parse(request.get_ref())?;
+        let decision = {
+            let facts = RequestFacts {
+                peer: checked.peer,
+                client_ip: Some(checked.client_ip),
+                method: &checked.method,
+                host: checked.host.as_deref(),
+                // `path_prefix` belongs to Envoy's HTTP service mode only.
+                path: &checked.path,
+                query: checked.query.as_deref(),
+                headers: &checked.headers,
+                cost: 1,
+            };
+            self.engine.decide(&facts).await
+        };
+        Ok(Response::new(check_response(
+            &decision,
+            self.header_options(),
+            self.engine.now(),
+        )))
+    }
+}
+
+/// The parts of a `CheckRequest` a decision needs, owned and validated.
+struct CheckedRequest {
+    peer: IpAddr,
+    client_ip: IpAddr,
+    method: Method,
+    host: Option<String>,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+}
+
+impl CheckedRequest {
+    fn parse(request: &CheckRequest) -> Result<CheckedRequest, Status> {
+        let attributes = request
+            .attributes
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("check request has no attributes"))?;
+        let http = attributes
+            .request
+            .as_ref()
+            .and_then(|r| r.http.as_ref())
+            .ok_or_else(|| {
+                Status::invalid_argument("check request has no attributes.request.http")
+            })?;
+        let method = Method::from_bytes(http.method.as_bytes()).map_err(|_| {
+            Status::invalid_argument(format!(
+                "attributes.request.http.method {:?} is not an HTTP method",
+                http.method
+            ))
+        })?;
+        if http.path.is_empty() {
+            return Err(Status::invalid_argument(
+                "attributes.request.http.path is empty",
+            ));
+        }
+        let (path, query) = match http.path.split_once('?') {
+            Some((path, query)) => (path.to_string(), Some(query.to_string())),
+            None => (http.path.clone(), None),
+        };
+        let headers = request_headers(http)?;
+        let source = source_ip(attributes.source.as_ref());
+        let external = headers
+            .get(EXTERNAL_ADDRESS)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok());
+        let (peer, client_ip) = match (source, external) {
+            (Ok(peer), Some(client)) => (peer, client),
+            (Err(_), Some(client)) => (client, client),
+            (Ok(peer), None) => (peer, peer),
+            (Err(message), None) => return Err(Status::invalid_argument(message)),
+        };
+        Ok(CheckedRequest {
+            peer,
+            client_ip,
+            method,
+            host: (!http.host.is_empty()).then(|| http.host.clone()),
+            path,
+            query,
+            headers,
+        })
+    }
+}
+
+/// `attributes.source.address` as an IP, or why it is not one.
+fn source_ip(source: Option<&Peer>) -> Result<IpAddr, String> {
+    let address = source
+        .and_then(|peer| peer.address.as_ref())
+        .and_then(|address| address.address.as_ref());
+    match address {
+        None => Err("check request has no attributes.source.address".into()),
+        Some(AddressKind::SocketAddress(socket)) => socket.address.parse().map_err(|_| {
+            format!(
+                "attributes.source.address {:?} is not an IP address",
+                socket.address
+            )
+        }),
+        Some(_) => Err("attributes.source.address is not a socket address".into()),
+    }
+}
+
+/// The request headers from the `headers` map, or from `header_map` when
+/// Envoy sends raw headers. A header that is not valid HTTP is left out:
+/// Envoy already replaced what it could not encode, and one odd header must
+/// not fail the whole check.
+fn request_headers(http: &HttpRequest) -> Result<HeaderMap, Status> {
+    let raw = http.header_map.iter().flat_map(|map| &map.headers);
+    let pairs = http
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .chain(raw.map(|h| {
+            let value = if h.raw_value.is_empty() {
+                h.value.as_bytes()
+            } else {
+                &h.raw_value
+            };
+            (h.key.as_str(), value)
+        }));
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) else {
+            continue;
+        };
+        headers
+            .try_append(name, value)
+            .map_err(|_| Status::invalid_argument("too many request headers"))?;
+    }
+    Ok(headers)
+}
+
+/// The ext_authz answer for a decision: OK with the quota headers, or a
+/// denial carrying the same status, headers and body as the proxy's.
+fn check_response(decision: &Decision, options: HeaderOptions, now: u64) -> CheckResponse {
+    let rejection = match decision {
+        // Envoy routes; the gateway only limits.
+        Decision::NoRoute => None,
+        _ => respond::rejection(decision, options, now),
+    };
+    let Some(rejection) = rejection else {
+        let mut headers = HeaderMap::new();
+        if let Some(quota) = decision.quota() {
+            respond::add_quota_headers(&mut headers, quota, options, now);
+        }
+        let headers = header_options(&headers);
+        // To the upstream, as the HTTP mode does, and to the client, as the proxy does.
+        let ok = OkHttpResponse {
+            headers: headers.clone(),
+            response_headers_to_add: headers,
+            ..OkHttpResponse::default()
+        };
+        return CheckResponse {
+            status: Some(rpc_status(GrpcCode::Ok, String::new())),
+            http_response: Some(HttpResponse::OkResponse(ok)),
+            ..CheckResponse::default()
+        };
+    };
+    let (code, message) = match decision {
+        Decision::RateLimited { quota, retry_after } => (
+            GrpcCode::ResourceExhausted,
+            format!(
+                "rate limited by rule {}, retry after {}s",
+                quota.rule,
+                retry_after_secs(*retry_after)
+            ),
+        ),
+        Decision::Unavailable { .. } => {
+            (GrpcCode::Unavailable, "rate limit store unavailable".into())
+        }
+        _ => (GrpcCode::PermissionDenied, "blocked".into()),
+    };
+    let denied = DeniedHttpResponse {
+        status: Some(HttpStatus {
+            code: i32::from(rejection.status.as_u16()),
+        }),
+        headers: header_options(&rejection.headers),
+        body: String::from_utf8_lossy(&rejection.body).into_owned(),
+    };
+    CheckResponse {
+        status: Some(rpc_status(code, message)),
+        http_response: Some(HttpResponse::DeniedResponse(denied)),
+        ..CheckResponse::default()
+    }
+}
+
+fn rpc_status(code: GrpcCode, message: String) -> RpcStatus {
+    RpcStatus {
+        code: code as i32,
+        message,
+        details: Vec::new(),
+    }
+}
+
+/// Headers as Envoy's header options, each replacing any header of that name.
+fn header_options(headers: &HeaderMap) -> Vec<HeaderValueOption> {
+    pb_headers(headers)
+        .into_iter()
+        .map(|header| HeaderValueOption {
+            header: Some(header),
+            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..HeaderValueOption::default()
+        })
+        .collect()
+}
+
+/// Headers as Envoy's header values: text where it is text, raw bytes otherwise.
+fn pb_headers(headers: &HeaderMap) -> Vec<PbHeader> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let (value, raw_value) = match value.to_str() {
+                Ok(text) => (text.to_string(), Vec::new()),
+                Err(_) => (String::new(), value.as_bytes().to_vec()),
+            };
+            PbHeader {
+                key: name.as_str().to_string(),
+                value,
+                raw_value,
+            }
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl RateLimitService for EnvoyGrpc {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        let request = request.into_inner();
+        if request.domain.is_empty() {
+            return Err(Status::invalid_argument(
+                "rate limit request has an empty domain",
+            ));
+        }
+        // Per-descriptor `limit` overrides and `hits_addend`s are not read: the
+        // rules in the config are the limits, and the request's hits_addend the cost.
+        let descriptors: Vec<Vec<(String, String)>> = request
+            .descriptors
+            .into_iter()
+            .map(|d| d.entries.into_iter().map(|e| (e.key, e.value)).collect())
+            .collect();
+        let statuses = match self
+            .engine
+            .check_descriptors(
+                &request.domain,
+                &descriptors,
+                u64::from(request.hits_addend),
+            )
+            .await
+        {
+            Ok(statuses) => statuses,
+            Err(_) => match self.engine.snapshot().on_error() {
+                OnError::Allow => vec![DescriptorStatus::default(); descriptors.len()],
+                OnError::Deny => return Err(Status::unavailable("rate limit store unavailable")),
+            },
+        };
+        Ok(Response::new(rate_limit_response(
+            &statuses,
+            self.header_options(),
+            self.engine.now(),
+        )))
+    }
+}
+
+fn rate_limit_response(
+    statuses: &[DescriptorStatus],
+    options: HeaderOptions,
+    now: u64,
+) -> RateLimitResponse {
+    let code = |over: bool| if over { Code::OverLimit } else { Code::Ok } as i32;
+    let mut headers = HeaderMap::new();
+    if let Some(status) = most_restrictive(statuses).map(|i| &statuses[i]) {
+        if let Some(quota) = &status.quota {
+            respond::add_quota_headers(&mut headers, quota, options, now);
+        }
+        if let Some(wait) = status.retry_after.filter(|_| status.over_limit) {
+            headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+        }
+    }
+    RateLimitResponse {
+        overall_code: code(statuses.iter().any(|s| s.over_limit)),
+        statuses: statuses
+            .iter()
+            .map(|status| {
+                let Some(quota) = &status.quota else {
+                    return PbDescriptorStatus {
+                        code: code(false),
+                        ..PbDescriptorStatus::default()
+                    };
+                };
+                let (unit, requests_per_unit) = envoy_unit(quota.limit, quota.window);
+                PbDescriptorStatus {
+                    code: code(status.over_limit),
+                    current_limit: Some(RateLimit {
+                        name: quota.rule.to_string(),
+                        requests_per_unit,
+                        unit: unit as i32,
+                    }),
+                    limit_remaining: u32::try_from(quota.remaining).unwrap_or(u32::MAX),
+                    duration_until_reset: Some(pb_duration(quota.reset_after)),
+                    ..PbDescriptorStatus::default()
+                }
+            })
+            .collect(),
+        response_headers_to_add: pb_headers(&headers),
+        ..RateLimitResponse::default()
+    }
+}
+
+fn pb_duration(duration: Duration) -> PbDuration {
+    PbDuration {
+        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        nanos: duration.subsec_nanos() as i32,
+    }
+}
+
+/// Envoy's units in seconds; month and year as envoyproxy/ratelimit counts them.
+const UNITS: [(Unit, u64); 7] = [
+    (Unit::Second, 1),
+    (Unit::Minute, 60),
+    (Unit::Hour, 3_600),
+    (Unit::Day, 86_400),
+    (Unit::Week, 604_800),
+    (Unit::Month, 2_592_000),
+    (Unit::Year, 31_536_000),
+];
+
+/// A rule's `limit` per `window` as Envoy's `requests_per_unit` and `unit`.
+///
+/// Envoy can only say "N per unit". A window of exactly one unit maps as is
+/// (`60/1m` is 60 per MINUTE). Any other window takes the unit nearest to it
+/// on a log scale (90s → MINUTE, 500ms → SECOND, 2h → HOUR) and the limit
+/// scaled to that unit in proportion, rounded, and at least 1: `100/90s` is
+/// 67 per MINUTE, `10/500ms` is 20 per SECOND. The counting itself still uses
+/// the rule's own window; only the report is rounded.
+pub fn envoy_unit(limit: u64, window: Duration) -> (Unit, u32) {
+    let window_secs = window.as_secs_f64().max(1e-9);
+    if let Some(&(unit, _)) = UNITS
+        .iter()
+        .find(|(_, secs)| window == Duration::from_secs(*secs))
+    {
+        return (unit, u32::try_from(limit).unwrap_or(u32::MAX));
+    }
+    let distance = |secs: u64| (window_secs.ln() - (secs as f64).ln()).abs();
+    let (unit, unit_secs) = UNITS
+        .iter()
+        .copied()
+        .min_by(|a, b| distance(a.1).total_cmp(&distance(b.1)))
+        .unwrap_or((Unit::Second, 1));
+    let scaled = (limit as f64 * unit_secs as f64 / window_secs).round();
+    // `as` saturates for floats: huge values become u32::MAX, never wrap.
+    (unit, (scaled as u32).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_of_one_unit_map_exactly_and_others_scale_to_the_nearest_unit() {
+        let unit = |limit, secs: f64| envoy_unit(limit, Duration::from_secs_f64(secs));
+        assert_eq!(unit(60, 60.0), (Unit::Minute, 60));
+        assert_eq!(unit(5, 1.0), (Unit::Second, 5));
+        assert_eq!(unit(1000, 3600.0), (Unit::Hour, 1000));
+        assert_eq!(unit(7, 86_400.0), (Unit::Day, 7));
+        assert_eq!(unit(7, 604_800.0), (Unit::Week, 7));
+        assert_eq!(unit(100, 90.0), (Unit::Minute, 67));
+        assert_eq!(unit(10, 0.5), (Unit::Second, 20));
+        assert_eq!(unit(10, 7200.0), (Unit::Hour, 5));
+        assert_eq!(unit(1, 7200.0), (Unit::Hour, 1));
+        assert_eq!(unit(1, 3.0 * 31_536_000.0), (Unit::Year, 1));
+        assert_eq!(unit(u64::MAX, 0.001), (Unit::Second, u32::MAX));
+    }
+
+    #[test]
+    fn a_no_route_decision_is_allowed_without_headers() {
+        let options = HeaderOptions {
+            enabled: true,
+            style: crate::config::HeaderStyle::Both,
+        };
+        let response = check_response(&Decision::NoRoute, options, 0);
+        assert_eq!(response.status.map(|s| s.code), Some(0));
+        assert!(matches!(
+            response.http_response,
+            Some(HttpResponse::OkResponse(ref ok)) if ok.headers.is_empty()
+        ));
+    }
+
+    /// A store that is always down.
+    struct DeadStore;
+
+    impl crate::store::Store for DeadStore {
+        fn check<'a>(
+            &'a self,
+            _: &'a [crate::store::LimitCheck<'a>],
+            _: u64,
+        ) -> crate::store::StoreCall<'a> {
+            crate::store::StoreCall::ready(Err(crate::store::StoreError::Unavailable(
+                "down".into(),
+            )))
+        }
+        fn sweep(&self, _: u64) -> usize {
+            0
+        }
+        fn key_count(&self) -> Option<usize> {
+            None
+        }
+        fn kind(&self) -> &'static str {
+            "dead"
+        }
+    }
+
+    fn over_dead_store(on_error: &str) -> EnvoyGrpc {
+        let yaml = format!(
+            "storage: {{ on_error: {on_error} }}\nrules:\n  - {{ name: r, limit: 1, window: 60, descriptors: [{{ domain: d, entries: [{{ key: k }}] }}] }}\n"
+        );
+        let config = match crate::config::load_str(&yaml, "t.yaml", &|_| None) {
+            Ok(loaded) => loaded.config,
+            Err(errors) => panic!("{errors}"),
+        };
+        let clock = crate::clock::ManualClock::at_test_epoch();
+        EnvoyGrpc::new(Arc::new(Engine::new(config, Arc::new(DeadStore), clock)))
+    }
+
+    fn descriptor_request() -> Request<RateLimitRequest> {
+        use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+        use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+        Request::new(RateLimitRequest {
+            domain: "d".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![Entry {
+                    key: "k".into(),
+                    value: "v".into(),
+                }],
+                ..RateLimitDescriptor::default()
+            }],
+            hits_addend: 1,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_dead_store_follows_on_error() {
+        let open = over_dead_store("allow");
+        let response = open
+            .should_rate_limit(descriptor_request())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.overall_code, Code::Ok as i32);
+        assert_eq!(response.statuses.len(), 1);
+        assert_eq!(response.statuses[0].code, Code::Ok as i32);
+
+        let closed = over_dead_store("deny");
+        let status = closed
+            .should_rate_limit(descriptor_request())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), GrpcCode::Unavailable);
+    }
+
+    #[test]
+    fn an_unavailable_store_denies_checks_with_503_and_unavailable() {
+        let options = HeaderOptions {
+            enabled: true,
+            style: crate::config::HeaderStyle::Both,
+        };
+        let decision = Decision::Unavailable {
+            retry_after: Duration::from_secs(1),
+        };
+        let response = check_response(&decision, options, 0);
+        assert_eq!(response.status.map(|s| s.code), Some(14));
+        let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else {
+            panic!("expected a denial");
+        };
+        assert_eq!(denied.status.map(|s| s.code), Some(503));
+    }
+}
