@@ -19,6 +19,7 @@ use crate::admin::{self, AdminContext};
 use crate::clock::SystemClock;
 use crate::config::{self, Config, StorageType};
 use crate::engine::Engine;
+use crate::frontend::envoy_grpc;
 use crate::frontend::envoy_http::EnvoyHttp;
 use crate::frontend::proxy::Proxy;
 use crate::metrics::ServerMetrics;
@@ -62,6 +63,7 @@ pub struct BoundAddrs {
     pub tls: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub envoy_http: Option<SocketAddr>,
+    pub envoy_grpc: Option<SocketAddr>,
 }
 
 struct Running {
@@ -76,6 +78,7 @@ struct Listeners {
     tls: Option<Running>,
     admin: Option<Running>,
     envoy_http: Option<Running>,
+    envoy_grpc: Option<Running>,
 }
 
 pub struct Gateway {
@@ -173,6 +176,7 @@ impl Gateway {
             tls: listeners.tls.as_ref().map(|r| r.bound),
             admin: listeners.admin.as_ref().map(|r| r.bound),
             envoy_http: listeners.envoy_http.as_ref().map(|r| r.bound),
+            envoy_grpc: listeners.envoy_grpc.as_ref().map(|r| r.bound),
         }
     }
 
@@ -250,6 +254,7 @@ impl Gateway {
             .map(|t| t.listen);
         let admin_addr = Some(config.admin.listen);
         let envoy_http_addr = config.ext_authz.as_ref().and_then(|e| e.http_listen);
+        let envoy_grpc_addr = config.ext_authz.as_ref().and_then(|e| e.grpc_listen);
 
         // Bind everything new first, so a failure leaves all as it was.
         let bind_if_moved = |current: &Option<Running>,
@@ -268,6 +273,11 @@ impl Gateway {
             envoy_http_addr,
             "ext_authz.http_listen",
         )?;
+        let new_envoy_grpc = bind_if_moved(
+            &listeners.envoy_grpc,
+            envoy_grpc_addr,
+            "ext_authz.grpc_listen",
+        )?;
 
         replace(&mut listeners.proxy, proxy_addr, new_proxy, |l| {
             self.spawn_proxy(l, false)
@@ -283,6 +293,12 @@ impl Gateway {
             envoy_http_addr,
             new_envoy_http,
             |l| self.spawn_envoy_http(l),
+        );
+        replace(
+            &mut listeners.envoy_grpc,
+            envoy_grpc_addr,
+            new_envoy_grpc,
+            |l| self.spawn_envoy_grpc(l),
         );
         Ok(())
     }
@@ -350,6 +366,22 @@ impl Gateway {
             drain: self.drain.clone(),
         });
         tokio::spawn(accept_loop.run(listener));
+        stop
+    }
+
+    /// Envoy's gRPC services (ext_authz Check, ratelimit ShouldRateLimit,
+    /// health) over h2c. Tracked with the proxy's connections so shutdown
+    /// waits for its in-flight calls too.
+    fn spawn_envoy_grpc(&self, listener: TcpListener) -> CancellationToken {
+        let stop = self.shutdown.child_token();
+        let stopped = stop.clone();
+        let engine = Arc::clone(&self.engine);
+        self.connections.spawn(async move {
+            let shutdown = async move { stopped.cancelled().await };
+            if let Err(error) = envoy_grpc::serve(listener, engine, shutdown).await {
+                tracing::error!(%error, "the Envoy gRPC listener stopped");
+            }
+        });
         stop
     }
 

@@ -430,3 +430,31 @@ async fn health_reports_serving() {
         );
     }
 }
+
+/// The same services through `ratethrottle serve`'s own wiring: the gateway
+/// opens `ext_authz.grpc_listen` from the config and drains it on shutdown.
+#[tokio::test]
+async fn the_gateway_serves_check_on_its_configured_grpc_listener() {
+    let yaml = "admin: { listen: 127.0.0.1:0 }\next_authz: { grpc_listen: 127.0.0.1:0 }\nrules: [{ name: r, limit: 1, window: 60 }]\n";
+    let running = integration_tests::net::start_gateway(yaml, None).await;
+    let addr = running.gateway.addrs().envoy_grpc.expect("gRPC listener");
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = AuthorizationClient::new(channel);
+    let allowed = check(
+        &mut client,
+        check_request("198.51.100.77", "GET", "/a", &[]),
+    )
+    .await;
+    assert_eq!(allowed.status.expect("status").code, 0);
+    let denied = check(
+        &mut client,
+        check_request("198.51.100.77", "GET", "/a", &[]),
+    )
+    .await;
+    assert_eq!(denied.status.expect("status").code, 8, "RESOURCE_EXHAUSTED");
+    assert!(running.gateway.shutdown().await, "drained");
+}
