@@ -24,7 +24,7 @@ use crate::frontend::envoy_http::EnvoyHttp;
 use crate::frontend::proxy::Proxy;
 use crate::metrics::ServerMetrics;
 use crate::reload::{self, ReloadTrigger};
-use crate::server::{ConnSettings, ConnTracker, Listener};
+use crate::server::{ConnSettings, ConnTracker, Handler, Listener};
 use crate::store::MemoryStore;
 use crate::tls::{self, TlsAcceptorCell};
 use crate::upstream::Upstreams;
@@ -304,7 +304,6 @@ impl Gateway {
     }
 
     fn spawn_proxy(&self, listener: TcpListener, with_tls: bool) -> CancellationToken {
-        let stop = self.shutdown.child_token();
         let engine = Arc::clone(&self.engine);
         let settings = Arc::new(move || {
             engine
@@ -319,29 +318,24 @@ impl Gateway {
         } else {
             None
         };
-        let accept_loop = Arc::new(Listener {
-            handler: Arc::new(Proxy {
-                engine: Arc::clone(&self.engine),
-                upstreams: Arc::clone(&self.upstreams),
-                metrics: Arc::clone(&self.metrics),
-            }),
-            tls: tls_cell,
-            settings,
-            tracker: Arc::clone(&self.conn_tracker),
+        let proxy = Proxy {
+            engine: Arc::clone(&self.engine),
+            upstreams: Arc::clone(&self.upstreams),
             metrics: Arc::clone(&self.metrics),
-            connections: self.connections.clone(),
-            stop_accepting: stop.clone(),
-            drain: self.drain.clone(),
-        });
-        tokio::spawn(accept_loop.run(listener));
-        stop
+        };
+        self.spawn_http(
+            listener,
+            proxy,
+            tls_cell,
+            settings,
+            Arc::clone(&self.conn_tracker),
+        )
     }
 
     /// Envoy's ext_authz HTTP service. Envoy is one peer with many
     /// connections, so the per-address cap does not apply; the connection
     /// timeouts and the total cap of `server` (or their defaults) do.
     fn spawn_envoy_http(&self, listener: TcpListener) -> CancellationToken {
-        let stop = self.shutdown.child_token();
         let engine = Arc::clone(&self.engine);
         let settings = Arc::new(move || {
             let snapshot = engine.snapshot();
@@ -353,13 +347,27 @@ impl Gateway {
             settings.max_connections_per_ip = u64::MAX;
             Some(settings)
         });
+        let envoy = EnvoyHttp {
+            engine: Arc::clone(&self.engine),
+        };
+        self.spawn_http(listener, envoy, None, settings, ConnTracker::new())
+    }
+
+    /// An accept loop serving `handler`, stopped by the returned token.
+    fn spawn_http<H: Handler>(
+        &self,
+        listener: TcpListener,
+        handler: H,
+        tls: Option<Arc<TlsAcceptorCell>>,
+        settings: Arc<dyn Fn() -> Option<ConnSettings> + Send + Sync>,
+        tracker: Arc<ConnTracker>,
+    ) -> CancellationToken {
+        let stop = self.shutdown.child_token();
         let accept_loop = Arc::new(Listener {
-            handler: Arc::new(EnvoyHttp {
-                engine: Arc::clone(&self.engine),
-            }),
-            tls: None,
+            handler: Arc::new(handler),
+            tls,
             settings,
-            tracker: ConnTracker::new(),
+            tracker,
             metrics: Arc::clone(&self.metrics),
             connections: self.connections.clone(),
             stop_accepting: stop.clone(),
