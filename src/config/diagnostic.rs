@@ -73,6 +73,9 @@ pub struct Report {
     file: String,
     pub errors: Vec<Diagnostic>,
     pub warnings: Vec<Diagnostic>,
+    /// Names of rules that were declared but failed validation: routes that
+    /// name them are not reported again (the rule's own error says it all).
+    pub invalid_rules: Vec<String>,
 }
 
 impl Report {
@@ -80,6 +83,7 @@ impl Report {
         Report {
             file: file.to_string(),
             errors: Vec::new(),
+            invalid_rules: Vec::new(),
             warnings: Vec::new(),
         }
     }

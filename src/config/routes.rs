@@ -356,6 +356,9 @@ fn route(
                 if config.rules.iter().any(|x| x.name == rule) {
                     return Some(rule);
                 }
+                if r.invalid_rules.contains(&rule) {
+                    return None;
+                }
                 let defined: Vec<&str> = config.rules.iter().map(|x| x.name.as_str()).collect();
                 let defined = if defined.is_empty() {
                     "none".to_string()

@@ -43,6 +43,13 @@ pub fn rules(r: &mut Report, top: &Fields<'_>, default: StrategyKind) -> Vec<Rul
             continue;
         };
         let Some(rule) = rule(r, &f, default) else {
+            if let Some(Node {
+                value: Value::Scalar { text, .. },
+                ..
+            }) = f.get("name")
+            {
+                r.invalid_rules.push(text.clone());
+            }
             continue;
         };
         if let Some((_, first)) = seen.iter().find(|(n, _)| *n == rule.name) {

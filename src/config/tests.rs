@@ -669,3 +669,13 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn a_broken_rule_is_reported_once_not_again_by_every_route_naming_it() {
+    let errors = errors_of(
+        "rules:\n  - { name: api, limit: 5, window: soon }\nroutes:\n  - { name: a, match: { path_prefix: / }, rules: [api] }\n  - { name: b, match: { path: /x }, rules: [api, nope] }\n",
+    );
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(errors[0].contains("rules[0].window"), "{errors:#?}");
+    assert!(errors[1].contains("unknown rule \"nope\""), "{errors:#?}");
+}
