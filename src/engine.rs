@@ -58,6 +58,7 @@ pub struct Engine {
     violations: ViolationHub,
     store_errors: AtomicU64,
     last_store_error_log: AtomicU64,
+    last_violation_log: AtomicU64,
     requests: RequestCounters,
     decision_latency: Histogram,
 }
@@ -79,6 +80,7 @@ impl Engine {
             violations: ViolationHub::new(),
             store_errors: AtomicU64::new(0),
             last_store_error_log: AtomicU64::new(0),
+            last_violation_log: AtomicU64::new(0),
             requests,
             decision_latency: Histogram::new(LATENCY_BUCKETS),
         }
@@ -402,7 +404,11 @@ impl Engine {
             limit: verdict.limit,
             shadow,
         };
-        if self.snapshot.load().config.global.log_violations {
+        // Sampled: at most one line a second, so a flood never becomes a log flood.
+        let second = self.clock.now() / NANOS_PER_SEC;
+        if self.snapshot.load().config.global.log_violations
+            && self.last_violation_log.swap(second, Ordering::Relaxed) != second
+        {
             tracing::debug!(
                 client.ip = %client_ip,
                 rule = %violation.rule,

@@ -300,6 +300,16 @@ pub fn routes(
     Some(out)
 }
 
+/// The names a reference could have used, for "unknown ... (defined: ...)".
+fn defined<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
 fn route(
     r: &mut Report,
     f: &Fields<'_>,
@@ -322,12 +332,7 @@ fn route(
             if config.upstreams.iter().any(|x| x.name == u) {
                 Some(u)
             } else {
-                let defined: Vec<&str> = config.upstreams.iter().map(|x| x.name.as_str()).collect();
-                let defined = if defined.is_empty() {
-                    "none".to_string()
-                } else {
-                    defined.join(", ")
-                };
+                let defined = defined(config.upstreams.iter().map(|x| x.name.as_str()));
                 r.error(
                     n.origin,
                     &f.at("upstream"),
@@ -359,12 +364,7 @@ fn route(
                 if r.invalid_rules.contains(&rule) {
                     return None;
                 }
-                let defined: Vec<&str> = config.rules.iter().map(|x| x.name.as_str()).collect();
-                let defined = if defined.is_empty() {
-                    "none".to_string()
-                } else {
-                    defined.join(", ")
-                };
+                let defined = defined(config.rules.iter().map(|x| x.name.as_str()));
                 r.error(
                     n.origin,
                     p,
