@@ -294,7 +294,7 @@ impl Engine {
         };
 
         let outcome = Outcome::of(&rules, &verdicts);
-        let route_name = route.map(|r| r.name.to_string());
+        let route_name = route.map(|r| &*r.name);
         let mut shadow_denied = Vec::new();
         for (i, (rule, verdict)) in rules.iter().zip(&verdicts).enumerate() {
             let report = |shadow| {
@@ -303,7 +303,7 @@ impl Engine {
                     verdict,
                     &identities[i],
                     client_ip,
-                    &route_name,
+                    route_name,
                     facts.cost,
                     shadow,
                 )
@@ -389,7 +389,7 @@ impl Engine {
         verdict: &Verdict,
         identity: &str,
         client_ip: IpAddr,
-        route: &Option<String>,
+        route: Option<&str>,
         cost: u64,
         shadow: bool,
     ) {
@@ -399,7 +399,7 @@ impl Engine {
             identity: identity.to_string(),
             client_ip,
             rule: rule.name.to_string(),
-            route: route.clone(),
+            route: route.map(str::to_string),
             requests_made: used + cost.max(1),
             limit: verdict.limit,
             shadow,

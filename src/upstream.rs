@@ -185,7 +185,7 @@ impl Upstreams {
         self.by_name.contains_key(upstream)
     }
 
-    /// Forwards `request` (origin-form URI; headers already prepared) to the
+    /// Forwards `request` (only its path and query are kept; headers already prepared) to the
     /// named upstream and returns the response once its head has arrived
     /// within `request_timeout`; the body streams afterwards.
     pub async fn send(
