@@ -2,4 +2,5 @@
 //! blacklist, and the blocks that violations (and later, attacks) earn.
 
 pub mod blocks;
+pub mod ddos;
 pub mod lists;
