@@ -173,6 +173,10 @@ pub struct ServerMetrics {
     pub connections_accepted: AtomicU64,
     pub connections_rejected_total: AtomicU64,
     pub connections_rejected_per_ip: AtomicU64,
+    /// Closed at accept: DDoS protection blocked the address.
+    pub connections_refused_blocked: AtomicU64,
+    /// Answered 503 at accept while under attack.
+    pub connections_shed: AtomicU64,
     pub header_timeouts: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
@@ -187,6 +191,8 @@ impl Default for ServerMetrics {
             connections_accepted: AtomicU64::new(0),
             connections_rejected_total: AtomicU64::new(0),
             connections_rejected_per_ip: AtomicU64::new(0),
+            connections_refused_blocked: AtomicU64::new(0),
+            connections_shed: AtomicU64::new(0),
             header_timeouts: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
@@ -305,6 +311,16 @@ pub fn render(
         out,
         "ratethrottle_connections_rejected_total{{reason=\"max_connections_per_ip\"}} {}",
         load(&server.connections_rejected_per_ip)
+    );
+    let _ = writeln!(
+        out,
+        "ratethrottle_connections_rejected_total{{reason=\"blocked\"}} {}",
+        load(&server.connections_refused_blocked)
+    );
+    let _ = writeln!(
+        out,
+        "ratethrottle_connections_rejected_total{{reason=\"under_attack\"}} {}",
+        load(&server.connections_shed)
     );
     gauge(
         &mut out,

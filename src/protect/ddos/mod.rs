@@ -8,6 +8,7 @@
 //! the score of what it does now.
 
 pub mod attack;
+pub mod guard;
 pub mod score;
 pub mod tracker;
 
