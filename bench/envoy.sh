@@ -150,13 +150,15 @@ grpc_call() {
         || { echo "port $1: no grpc-status 0:" >&2; cat "$work/call.head" >&2; exit 1; }
     ./target/release/check-request verify "$work/call.body"
 }
-echo "ratethrottle gRPC: $(grpc_call $RT_GRPC_PORT)"
-grpc_call $RT_GRPC_PORT | grep -qi 'x-ratelimit-limit' \
-    || { echo "ratethrottle's Check carries no rate-limit headers" >&2; exit 1; }
-echo "grpc-ok:           $(grpc_call $GRPC_OK_PORT)"
-curl -sf "${http_headers[@]}" -H "x-envoy-external-address: $(http_client 1)" \
-    "http://127.0.0.1:$RT_HTTP_PORT$http_path" -D - -o /dev/null | grep -qi '^x-ratelimit-limit' \
-    || { echo "ratethrottle HTTP check: no 200 with rate-limit headers" >&2; exit 1; }
+checked=$(grpc_call $RT_GRPC_PORT)
+echo "ratethrottle gRPC: $checked"
+grep -qi 'x-ratelimit-limit' <<<"$checked" || { echo "ratethrottle's Check carries no rate-limit headers" >&2; exit 1; }
+checked=$(grpc_call $GRPC_OK_PORT)
+echo "grpc-ok:           $checked"
+checked=$(curl -sf "${http_headers[@]}" -H "x-envoy-external-address: $(http_client 1)" \
+    "http://127.0.0.1:$RT_HTTP_PORT$http_path" -D - -o /dev/null) \
+    || { echo "ratethrottle HTTP check: no 200" >&2; exit 1; }
+grep -qi '^x-ratelimit-limit' <<<"$checked" || { echo "ratethrottle HTTP check: no rate-limit headers" >&2; exit 1; }
 curl -sf "${http_headers[@]}" "http://127.0.0.1:$HTTP_OK_PORT$http_path" -o /dev/null \
     || { echo "http-ok does not answer 200" >&2; exit 1; }
 
@@ -176,10 +178,12 @@ to_ms() {
         if (v ~ /us$/) print n / 1000; else if (v ~ /ms$/) print n; else if (v ~ /s$/) print n * 1000; else print n }'
 }
 
-# One gRPC run: CLIENTS h2load processes at once, one client address each.
-# Sets r (calls/s), l50, l99 (ms) and errors.
+# One gRPC run against port $1 served by process $2: CLIENTS h2load
+# processes at once, one client address each. Sets r (calls/s), calls and
+# ticks (calls measured and the server's CPU ticks meanwhile, after the
+# warm-up), l50, l99 (ms) and errors.
 run_grpc() {
-    local port=$1 i per_c=$((CONNECTIONS / CLIENTS)) per_m=$((STREAMS / CONNECTIONS))
+    local port=$1 pid=$2 i per_c=$((CONNECTIONS / CLIENTS)) per_m=$((STREAMS / CONNECTIONS)) t0
     local h2pids=()
     rm -f "$work"/h2load-*
     for i in $(seq 1 "$CLIENTS"); do
@@ -188,10 +192,14 @@ run_grpc() {
             --log-file="$work/h2load-$i.log" "http://127.0.0.1:$port$CHECK_PATH" > "$work/h2load-$i.out" 2>&1 &
         h2pids+=($!)
     done
+    sleep "$WARMUP"
+    t0=$(cpu_ticks "$pid")
     for i in "${h2pids[@]}"; do wait "$i"; done
+    ticks=$(($(cpu_ticks "$pid") - t0))
     # Calls/s summed over the processes; errors: failed, errored or timed out
     # requests and non-2xx answers.
     r=$(cat "$work"/h2load-*.out | awk '/^finished in/ { sum += $4 } END { printf "%.0f", sum }')
+    calls=$(cat "$work"/h2load-*.out | awk '/^requests:/ { n += $2 } END { print n + 0 }')
     errors=$(cat "$work"/h2load-*.out | awk '
         /^requests:/ { n += $10 + $12 + $14 }
         /^status codes:/ { n += $5 + $7 + $9 }
@@ -201,11 +209,14 @@ run_grpc() {
         END { i50 = int(NR * 0.50 + 0.999999); i99 = int(NR * 0.99 + 0.999999); printf "%.2f %.2f\n", a[i50] / 1000, a[i99] / 1000 }')
 }
 
-# One HTTP run: wrk, one thread, STREAMS connections.
+# One HTTP run: wrk, one thread, STREAMS connections. Same arguments and results.
 run_http() {
-    local port=$1 out
+    local port=$1 pid=$2 out t0
+    t0=$(cpu_ticks "$pid")
     out=$(wrk -t1 -c"$STREAMS" -d"$DURATION" --latency -s "$work/authz.lua" "http://127.0.0.1:$port/")
+    ticks=$(($(cpu_ticks "$pid") - t0))
     r=$(awk '/^Requests\/sec/ { printf "%.0f", $2 }' <<<"$out")
+    calls=$(awk '/ requests in / { print $1 }' <<<"$out")
     l50=$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")
     l99=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
     errors=$(awk '/Non-2xx/ { n += $NF } /Socket errors/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$out")
@@ -223,6 +234,7 @@ echo "grpc: h2load x$CLIENTS processes (one client address each), $CONNECTIONS h
 echo "http: wrk 1 thread, $STREAMS connections, $CLIENTS client addresses"
 echo "$DURATION per run after $WARMUP warm-up (grpc), $ROUNDS rounds"
 before=$(decisions)
+sent=0
 printf '%-6s %-5s %-13s %10s %8s %8s %12s %s\n' round mode target calls/s p50_ms p99_ms cpu_us/call errors
 for round in $(seq 1 "$ROUNDS"); do
     for mode in $MODES; do
@@ -234,13 +246,10 @@ for round in $(seq 1 "$ROUNDS"); do
                 # address (idle ones are swept within seconds at this limit).
                 (sleep $((${DURATION%s} / 2 + 1)); store_keys > "$work/keys-$mode") &
             fi
-            t0=$(cpu_ticks "${pid_of[$key]}")
-            "run_$mode" "${port_of[$key]}"
-            t1=$(cpu_ticks "${pid_of[$key]}")
-            # Calls served while measuring CPU: h2load's warm-up at the same rate.
-            c=$(awk -v t=$((t1 - t0)) -v hz="$ticks_per_s" -v r="$r" -v d="${DURATION%s}" -v w="${WARMUP%s}" -v mode="$mode" 'BEGIN {
-                calls = r * d; if (mode == "grpc") calls = r * (d + w);
+            "run_$mode" "${port_of[$key]}" "${pid_of[$key]}"
+            c=$(awk -v t="$ticks" -v hz="$ticks_per_s" -v calls="$calls" 'BEGIN {
                 printf "%.1f", calls ? t / hz * 1e6 / calls : 0 }')
+            if [[ $target == ratethrottle ]]; then sent=$((sent + calls)); fi
             rps[$key]+="$r "
             last[$key]=$r
             p50[$key]+="$l50 "
@@ -254,12 +263,15 @@ done
 after=$(decisions)
 echo
 echo "ratethrottle decisions before: ${before:-none}"
-echo "ratethrottle decisions after:  $after"
+echo "ratethrottle decisions after:  $after (calls counted by the load generators: $sent, plus the gRPC warm-ups)"
 for mode in $MODES; do
     echo "ratethrottle counters held during the first $mode run: $(cat "$work/keys-$mode" 2>/dev/null)" \
         "($CLIENTS client addresses, plus any of the other mode or the sanity calls not yet swept)"
 done
 grep -Eq '^(allowed=[0-9]+ )?$' <<<"$after" || echo "WARNING: ratethrottle decided something other than allowed" >&2
+allowed() { awk -v RS=' ' -F= '$1 == "allowed" { n = $2 } END { print n + 0 }' <<<"$1"; }
+(( $(allowed "$after") - $(allowed "$before") >= sent )) \
+    || echo "WARNING: fewer allowed decisions than calls: some calls were not decided" >&2
 
 median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 echo
