@@ -11,7 +11,6 @@ use std::sync::Arc;
 use crate::engine::Engine;
 use crate::protect::blocks::BlockReason;
 use crate::protect::ddos::Event;
-use crate::protect::ddos::guard::ip_identity;
 use crate::protect::lists::ListMatch;
 use crate::server::{Admission, ConnScreen, ConnSettings};
 
@@ -38,28 +37,13 @@ impl EngineScreen {
 
 impl ConnScreen for EngineScreen {
     fn admit(&self, peer: IpAddr, open: u64, settings: &ConnSettings) -> Admission {
-        if !self.speaks_for_itself(peer) {
-            return Admission::Serve;
-        }
         let now = self.engine.now();
         if let Some(ListMatch::Whitelisted) = self.engine.lists().lookup(peer, now) {
             return Admission::Serve;
         }
         let ddos = self.engine.ddos();
-        let identities = match &ddos {
-            Some(guard) => guard.identities(peer),
-            None => (ip_identity(peer), None),
-        };
-        let blocks = self.engine.blocks();
-        if !blocks.is_empty()
-            && std::iter::once(&identities.0)
-                .chain(identities.1.as_ref())
-                .filter_map(|id| blocks.active(id, now))
-                .any(|block| block.reason == BlockReason::Ddos)
-        {
-            return Admission::Refuse;
-        }
-        // Under attack, the connections the gateway takes shrink with the limits.
+        // Under attack, the connections the gateway takes shrink with the
+        // limits, whoever the peer is: this is about capacity.
         if let Some(factor) = ddos.as_deref().and_then(|g| g.limit_factor()) {
             let room = (settings.max_connections as f64 * factor) as u64;
             if open >= room {
@@ -68,7 +52,26 @@ impl ConnScreen for EngineScreen {
                 };
             }
         }
-        Admission::Serve
+        if !self.speaks_for_itself(peer) {
+            return Admission::Serve;
+        }
+        let Some(guard) = ddos.as_deref() else {
+            return Admission::Serve;
+        };
+        let blocks = self.engine.blocks();
+        if blocks.is_empty() {
+            return Admission::Serve;
+        }
+        let (address, prefix) = guard.identities(peer);
+        let blocked = std::iter::once(&address)
+            .chain(prefix.as_ref())
+            .filter_map(|id| blocks.active(id, now))
+            .any(|block| block.reason == BlockReason::Ddos);
+        if blocked {
+            Admission::Refuse
+        } else {
+            Admission::Serve
+        }
     }
 
     fn guard_event(&self, peer: IpAddr) {
