@@ -114,7 +114,7 @@ fn under_attack_every_limit_is_tightened_and_restored_afterwards() {
 
 /// The first request line of an answer, or "" when the connection closed unanswered.
 async fn answer_of(addr: std::net::SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let _ = stream.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
     let mut buf = vec![0u8; 512];
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
