@@ -26,7 +26,7 @@ fn is_ddos_block(decision: &Decision) -> bool {
 const PER_IP: &str = "rules: [{ name: per_ip, limit: 100, window: 1m }]\n";
 
 #[test]
-fn one_address_flooding_at_twenty_times_its_limit_is_blocked_within_100_requests() {
+fn one_address_flooding_at_twenty_times_its_limit_is_blocked_within_150_requests() {
     let (engine, clock) = engine(PER_IP);
     let flood = Req::get("/api/items").from("198.51.100.7");
     let blocked_at = (1..=1000)
@@ -35,7 +35,8 @@ fn one_address_flooding_at_twenty_times_its_limit_is_blocked_within_100_requests
             is_ddos_block(&decide(&engine, &flood))
         })
         .expect("the flood was never blocked");
-    assert!(blocked_at <= 100, "blocked only at request {blocked_at}");
+    // 127 with SPEC.md's defaults (docs/ddos.md).
+    assert!(blocked_at <= 150, "blocked only at request {blocked_at}");
     // Blocked from now on, for the first offence's hour, and listed as such.
     clock.advance(Duration::from_secs(600));
     assert!(is_ddos_block(&decide(&engine, &flood)));
@@ -152,7 +153,9 @@ async fn a_blocked_flooder_gets_403_then_its_connections_are_closed_at_accept() 
         assert_eq!(got.status, 200);
     }
     let (n, body) = first_block.expect("the flood was never blocked");
-    assert!(n <= 100, "blocked only at request {n}");
+    // Back to back from one address, with no rule refusing: the burst and
+    // the pace alone (docs/ddos.md).
+    assert!(n <= 200, "blocked only at request {n}");
     assert_eq!(body["reason"], "ddos");
     assert_eq!(body["retry_after"], 3600);
     // A new connection from the blocked address gets no HTTP at all.

@@ -7,7 +7,9 @@
 //! `rate` is the requests in the window divided by `threshold`, so
 //! `threshold` requests per `window` is a score of 1 whatever else is seen.
 //! Every other signal `x_i` is a ratio to its own configured level (or a
-//! share), capped at 1, with the weights of [`WEIGHTS`]. Each factor shrinks
+//! share), capped at 1, with the weights of [`WEIGHTS`]. The burst counts in
+//! full only at twice `burst_threshold`: a client pacing itself right at the
+//! threshold is busy, not yet attacking. Each factor shrinks
 //! as its signal grows, so the score rises monotonically with every signal
 //! and never falls when one of them rises (the old scorer dipped just above
 //! its threshold). Shares (errors, rate-limit hits) are taken over
@@ -69,7 +71,7 @@ impl Signals {
         let share = |n: f64| n / (self.requests + SHARE_PRIOR);
         let keep = |weight: f64, x: f64| 1.0 - weight * unit(x);
         let innocence = (1.0 - unit(self.rate))
-            * keep(w.burst, self.burst)
+            * keep(w.burst, self.burst / 2.0)
             * keep(w.endpoints, self.endpoints)
             * keep(w.fast_requests, self.fast_requests)
             * keep(w.errors, share(self.errors))
