@@ -3,10 +3,12 @@
 
 use std::net::SocketAddr;
 
-/// `--listen ADDR [--workers N]`.
+/// `--listen ADDR [--workers N] [--upstream ADDR]`.
 pub struct ServerArgs {
     pub listen: SocketAddr,
     pub workers: Option<usize>,
+    /// Where `hyper-proxy` forwards to.
+    pub upstream: Option<SocketAddr>,
 }
 
 impl ServerArgs {
@@ -15,7 +17,9 @@ impl ServerArgs {
         match ServerArgs::parse(std::env::args().skip(1)) {
             Ok(args) => args,
             Err(message) => {
-                eprintln!("{program}: {message}\nusage: {program} --listen ADDR [--workers N]");
+                eprintln!(
+                    "{program}: {message}\nusage: {program} --listen ADDR [--workers N] [--upstream ADDR]"
+                );
                 std::process::exit(2);
             }
         }
@@ -24,6 +28,7 @@ impl ServerArgs {
     fn parse(mut args: impl Iterator<Item = String>) -> Result<ServerArgs, String> {
         let mut listen = None;
         let mut workers = None;
+        let mut upstream = None;
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
             match arg.as_str() {
@@ -35,12 +40,17 @@ impl ServerArgs {
                     let text = value("--workers")?;
                     workers = Some(text.parse().map_err(|_| format!("bad count {text:?}"))?);
                 }
+                "--upstream" => {
+                    let text = value("--upstream")?;
+                    upstream = Some(text.parse().map_err(|_| format!("bad address {text:?}"))?);
+                }
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
         Ok(ServerArgs {
             listen: listen.ok_or("--listen is required")?,
             workers,
+            upstream,
         })
     }
 
