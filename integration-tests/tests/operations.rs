@@ -126,7 +126,7 @@ async fn the_dashboard_says_when_the_gateway_is_gone_and_comes_back() {
     state.apply(Duration::from_secs(2), gone.read().await);
     let text = screen_text(&state, 120, 20);
     assert!(
-        text.contains("✗ gateway unreachable (2 tries, reconnecting"),
+        text.contains("✗ gateway unreachable, reconnecting (attempt 2;"),
         "{text}"
     );
     assert!(

@@ -80,9 +80,10 @@ pub fn run(cli: &Cli, args: &MonitorArgs, io: &mut Io<'_>) -> anyhow::Result<u8>
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let mut terminal = ratatui::try_init().context("setting up the terminal")?;
-    // Restores on return and on error; ratatui::try_init's hook covers panics.
+    // Restores on return and on error, also when setting up fails halfway
+    // (raw mode on, alternate screen not); ratatui::try_init's hook covers panics.
     let _restore = RestoreOnDrop;
+    let mut terminal = ratatui::try_init().context("setting up the terminal")?;
     let started = Instant::now();
     let mut next_poll = Instant::now();
     loop {

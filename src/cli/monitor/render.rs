@@ -82,7 +82,7 @@ fn status_line(state: &MonitorState) -> Line<'static> {
         }
         Link::Down { error, failures } => spans.push(
             Span::raw(format!(
-                "✗ gateway unreachable ({failures} tries, reconnecting; data below is stale): {error}"
+                "✗ gateway unreachable, reconnecting (attempt {failures}; data below is stale): {error}"
             ))
             .fg(Color::Red)
             .bold(),
