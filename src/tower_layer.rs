@@ -46,6 +46,10 @@ impl RateLimitLayer {
 
     /// An in-memory engine for `config`, with its idle-key sweeper, violation
     /// log lines, webhooks and alerts running on the current tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (those tasks need one), like `tokio::spawn`.
     pub fn from_config(config: Config) -> RateLimitLayer {
         let engine = Arc::new(Engine::new(
             config,

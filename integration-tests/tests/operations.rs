@@ -533,3 +533,39 @@ async fn an_alert_is_repeated_only_after_its_cooldown() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_reload_sends_violations_to_the_new_webhook() {
+    let first = Receiver::start().await;
+    let second = Receiver::start().await;
+    let upstream = start_upstream().await;
+    let gateway = start_gateway(&webhook_yaml(&first.url()), Some(upstream.addr)).await;
+    let client = http1_client();
+    let tight = |b: &[serde_json::Value]| {
+        b.iter()
+            .filter_map(|b| b["events"].as_array())
+            .flatten()
+            .any(|e| e["rule"] == "tight")
+    };
+    for _ in 0..4 {
+        send(&client, get(&gateway.url("/api/items"), &[])).await;
+    }
+    assert!(first.wait_until(Duration::from_secs(10), tight).await);
+
+    gateway.write_config(
+        &webhook_yaml(&second.url()).replace("{upstream}", &upstream.addr.to_string()),
+    );
+    gateway
+        .gateway
+        .reload(ratethrottle::reload::ReloadTrigger::Signal)
+        .expect("reload");
+    // The rule's counters carry over: the next request is over the limit.
+    send(&client, get(&gateway.url("/api/items"), &[])).await;
+    assert!(second.wait_until(Duration::from_secs(10), tight).await);
+    let to_first = first
+        .events()
+        .iter()
+        .filter(|e| e["rule"] == "tight")
+        .count();
+    assert_eq!(to_first, 1, "the old webhook gets nothing after the reload");
+}
