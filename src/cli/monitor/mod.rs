@@ -13,6 +13,9 @@ use super::admin_client::AdminClient;
 pub use reading::Reading;
 pub use state::{Key, Link, MonitorState, View};
 
+/// How long one reading (three admin calls) may take.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Where readings come from: a gateway's admin API.
 pub struct Source {
     client: AdminClient,
@@ -37,7 +40,11 @@ impl Source {
 
     /// One reading; `Err` (with the reason) when the gateway cannot be reached.
     pub async fn read(&self) -> Result<Reading, String> {
-        reading::fetch(&self.client).await
+        // The dashboard stays responsive to keys while a gateway hangs.
+        match tokio::time::timeout(READ_TIMEOUT, reading::fetch(&self.client)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {}s", READ_TIMEOUT.as_secs())),
+        }
     }
 }
 
