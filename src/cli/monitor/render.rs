@@ -288,16 +288,12 @@ fn offenders(frame: &mut Frame, area: Rect, r: &Reading) {
         Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(area);
     offender_table(frame, top, r, "Top offenders");
     let rows = r.violations.iter().map(|v| {
-        let rule = if v.shadow {
-            format!("{} (shadow)", v.rule)
-        } else {
-            v.rule.clone()
-        };
         Row::new(vec![
             clock(v.time),
             v.identity.clone(),
-            rule,
+            v.rule.clone(),
             format!("{}/{}", v.requests_made, v.limit),
+            if v.shadow { "yes" } else { "" }.to_string(),
         ])
     });
     let widths = [
@@ -305,10 +301,11 @@ fn offenders(frame: &mut Frame, area: Rect, r: &Reading) {
         Constraint::Fill(1),
         Constraint::Fill(1),
         Constraint::Length(9),
+        Constraint::Length(6),
     ];
     frame.render_widget(
         Table::new(rows, widths)
-            .header(header(&["UTC", "identity", "rule", "made/lim"]))
+            .header(header(&["UTC", "identity", "rule", "made/lim", "shadow"]))
             .block(Block::bordered().title("Recent violations")),
         recent,
     );
