@@ -137,6 +137,7 @@ impl Gateway {
         });
         gateway.sync_listeners(&gateway.engine.snapshot().config)?;
         Engine::spawn_sweeper(&gateway.engine, SWEEP_EVERY);
+        crate::alerts::Dispatcher::install(&gateway.engine);
         Ok(gateway)
     }
 

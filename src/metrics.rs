@@ -221,6 +221,84 @@ impl ServerMetrics {
     }
 }
 
+/// Webhook deliveries and alerts (`src/alerts/`), in events.
+#[derive(Debug, Default)]
+pub struct WebhookCounters {
+    /// Events delivered (a 2xx answer to their batch).
+    pub sent: AtomicU64,
+    /// Events given up on after the last retry or a permanent refusal.
+    pub failed: AtomicU64,
+    /// Events dropped because a sink's queue was full.
+    pub dropped: AtomicU64,
+    /// Batch attempts that were retried.
+    pub retries: AtomicU64,
+    pub alerts_warning: AtomicU64,
+    pub alerts_critical: AtomicU64,
+}
+
+impl WebhookCounters {
+    pub fn count_alert(&self, critical: bool) {
+        let counter = if critical {
+            &self.alerts_critical
+        } else {
+            &self.alerts_warning
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The process's webhook counters, as `/metrics` shows them. Process-wide
+/// because sinks outlive reloads and the exposition has no other handle on
+/// them; a process runs one gateway.
+pub fn webhook_counters() -> Arc<WebhookCounters> {
+    static COUNTERS: std::sync::OnceLock<Arc<WebhookCounters>> = std::sync::OnceLock::new();
+    Arc::clone(COUNTERS.get_or_init(Arc::default))
+}
+
+fn render_webhooks(out: &mut String, c: &WebhookCounters) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    help(
+        out,
+        "ratethrottle_webhook_events_total",
+        "counter",
+        "Violation and alert events for webhooks, by result (sent, failed, dropped).",
+    );
+    for (result, counter) in [
+        ("sent", &c.sent),
+        ("failed", &c.failed),
+        ("dropped", &c.dropped),
+    ] {
+        let _ = writeln!(
+            out,
+            "ratethrottle_webhook_events_total{{result=\"{result}\"}} {}",
+            load(counter)
+        );
+    }
+    gauge(
+        out,
+        "ratethrottle_webhook_retries_total",
+        "counter",
+        "Webhook batch attempts that failed and were retried.",
+        load(&c.retries),
+    );
+    help(
+        out,
+        "ratethrottle_alerts_total",
+        "counter",
+        "Alerts raised by alerting.thresholds, by level.",
+    );
+    for (level, counter) in [
+        ("warning", &c.alerts_warning),
+        ("critical", &c.alerts_critical),
+    ] {
+        let _ = writeln!(
+            out,
+            "ratethrottle_alerts_total{{level=\"{level}\"}} {}",
+            load(counter)
+        );
+    }
+}
+
 /// Values read from the engine at scrape time.
 #[derive(Debug, Default)]
 pub struct EngineGauges {
@@ -281,6 +359,7 @@ pub fn render(
         "Violation events dropped because the handler queue was full.",
         engine.violations_dropped,
     );
+    render_webhooks(&mut out, &webhook_counters());
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     gauge(
         &mut out,

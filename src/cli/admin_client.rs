@@ -75,6 +75,15 @@ impl AdminClient {
         Ok(Some(AdminClient { authority, token }))
     }
 
+    /// The client for an admin URL given directly (the dashboard's
+    /// library entry point has no command line to read it from).
+    pub fn for_url(url: &str, token: Option<String>) -> anyhow::Result<AdminClient> {
+        Ok(AdminClient {
+            authority: parse_admin_url(url)?,
+            token: token.filter(|t| !t.is_empty()),
+        })
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.authority)
     }
