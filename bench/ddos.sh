@@ -11,6 +11,7 @@
 #
 #   bench/ddos.sh
 #   FLOOD_SECONDS=20 DISTINCT=2000000 bench/ddos.sh
+#   DISTINCT=0 bench/ddos.sh            # the flood only
 #
 # Needs: wrk, curl (apt-get install wrk curl).
 set -euo pipefail
@@ -113,6 +114,7 @@ echo "legitimate client: $legit_ok of $legit_all answered 200"
 echo "flood: $(awk '/requests in/ {print $1}' "$work/flood.txt") requests sent, $((allowed_flood - legit_ok)) of them allowed before the block"
 echo "ddos blocks: $(metric ratethrottle_ddos_blocks_total)"
 
+[ "$DISTINCT" -gt 0 ] || exit 0
 echo
 echo "== 2. $DISTINCT distinct client addresses, one request each"
 before=$(rss_kib)
