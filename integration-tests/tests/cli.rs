@@ -432,6 +432,35 @@ rules:
             run(args(&["stats", "--admin", &admin, "--export", "stats.txt"])).await;
         assert_eq!(code, 1);
         assert!(err.contains("must end in .json or .csv"), "{err}");
+
+        // The block is lifted from the command line; and only once.
+        let (code, out, err) = run(args(&[
+            "manage",
+            "--admin",
+            &admin,
+            "--token",
+            "s3cret",
+            "--unblock",
+            "ip:127.0.0.1",
+        ]))
+        .await;
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, "unblocked ip:127.0.0.1\n");
+        let (code, _, err) = run(args(&[
+            "manage",
+            "--admin",
+            &admin,
+            "--token",
+            "s3cret",
+            "--unblock",
+            "ip:127.0.0.1",
+        ]))
+        .await;
+        assert_eq!(code, 1);
+        assert!(
+            err.contains("404") && err.contains("is not blocked"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use crate::admin::percent_encode;
 
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("action").required(true).args(
-    ["blacklist_add", "blacklist_remove", "whitelist_add", "whitelist_remove", "list_all"]
+    ["blacklist_add", "blacklist_remove", "whitelist_add", "whitelist_remove", "unblock", "list_all"]
 )))]
 #[command(group(ArgGroup::new("adding").args(["blacklist_add", "whitelist_add"])))]
 pub struct ManageArgs {
@@ -27,6 +27,10 @@ pub struct ManageArgs {
     /// Remove an entry from the whitelist
     #[arg(long, value_name = "IP_OR_CIDR")]
     whitelist_remove: Option<String>,
+    /// Lift an active block (a violation's or DDoS protection's), by the
+    /// identity `--list-all` shows, e.g. ip:203.0.113.9
+    #[arg(long, value_name = "IDENTITY")]
+    unblock: Option<String>,
     /// Show both lists and the active blocks
     #[arg(long)]
     list_all: bool,
@@ -90,6 +94,11 @@ async fn manage(client: &AdminClient, args: &ManageArgs) -> anyhow::Result<Strin
             client.call(Method::DELETE, &path, None).await?;
             return Ok(format!("removed {entry} from the {list}\n"));
         }
+    }
+    if let Some(identity) = &args.unblock {
+        let path = format!("/blocks/{}", percent_encode(identity));
+        client.call(Method::DELETE, &path, None).await?;
+        return Ok(format!("unblocked {identity}\n"));
     }
     let lists = client.get("/lists").await?.json()?;
     Ok(render_lists(&lists))
