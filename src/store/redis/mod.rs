@@ -269,7 +269,7 @@ impl Store for RedisStore {
     fn readiness(&self) -> Result<(), String> {
         match self.breaker.state() {
             BreakerState::Closed if self.last_ok.load(Ordering::Relaxed) => Ok(()),
-            BreakerState::Closed => Err("no successful call yet".into()),
+            BreakerState::Closed => Err("the last round trip failed".into()),
             state => Err(format!("circuit {}", state.label())),
         }
     }
