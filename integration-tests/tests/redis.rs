@@ -15,9 +15,7 @@ use integration_tests::redis::{
 };
 use proptest::prelude::*;
 use ratethrottle::limit::{Limit, StrategyKind, Verdict};
-use ratethrottle::store::{
-    BreakerState, CounterKey, LimitCheck, MemoryStore, RedisStoreOptions, Store,
-};
+use ratethrottle::store::{CounterKey, LimitCheck, MemoryStore, RedisStoreOptions, Store};
 
 const T0_MICROS: u64 = 1_700_000_000_000_000;
 
@@ -443,6 +441,45 @@ async fn two_gateways_share_one_exact_limit() {
     delete_prefix(&redis_url(), &prefix);
 }
 
+/// A reload applies a new key_prefix (and timeout) without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_a_new_key_prefix() {
+    if !redis_available("a_reload_applies_a_new_key_prefix") {
+        return;
+    }
+    let url = redis_url();
+    let (first, second) = (unique_prefix("reload-a"), unique_prefix("reload-b"));
+    let upstream = start_upstream().await;
+    let gw = start_gateway(
+        &gateway_yaml(&url, &first, "allow", "2s", 5),
+        Some(upstream.addr),
+    )
+    .await;
+    wait_ready(gw.admin()).await;
+    let keys = |prefix: &str| -> Vec<String> {
+        query(&url, redis::cmd("KEYS").arg(format!("{prefix}*"))).expect("keys")
+    };
+    assert_eq!(
+        burst_as("r", &gw.url("/x"), 1, Duration::from_secs(5)).await,
+        [StatusCode::OK]
+    );
+    assert_eq!(keys(&first).len(), 1);
+
+    let yaml = gateway_yaml(&url, &second, "allow", "1s", 5)
+        .replace("{upstream}", &upstream.addr.to_string());
+    gw.write_config(&yaml);
+    gw.gateway
+        .reload(ratethrottle::reload::ReloadTrigger::Api)
+        .expect("reload");
+    assert_eq!(
+        burst_as("r", &gw.url("/x"), 1, Duration::from_secs(5)).await,
+        [StatusCode::OK]
+    );
+    assert_eq!(keys(&second).len(), 1, "counted under the new prefix");
+    delete_prefix(&url, &first);
+    delete_prefix(&url, &second);
+}
+
 /// Sends `n` requests at once as `who`; every one must be answered within `bound`.
 async fn burst_as(who: &str, url: &str, n: usize, bound: Duration) -> Vec<StatusCode> {
     let client = http1_client();
@@ -612,7 +649,6 @@ rules:
     let ready = send(&http1_client(), get(&admin, &[])).await;
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(gw.gateway.engine().store().readiness(), Ok(()),);
-    let _ = BreakerState::Closed;
 }
 
 // ---------------------------------------------------------------------------

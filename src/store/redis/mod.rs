@@ -83,11 +83,13 @@ pub struct RedisStore {
 impl RedisStore {
     /// Never waits for Redis: connections are made on first use, so the
     /// gateway starts (and applies storage.on_error) while Redis is down.
-    /// Fails only on a malformed URL. Needs a Tokio runtime.
+    /// Fails only on a malformed URL or outside a Tokio runtime.
     pub fn start(
         config: &RedisConfig,
         options: RedisStoreOptions,
     ) -> Result<Arc<RedisStore>, StoreError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| StoreError::Unavailable("the redis store needs a Tokio runtime".into()))?;
         if config.key_prefix.contains(['{', '}']) {
             tracing::warn!(
                 key_prefix = %config.key_prefix,
@@ -113,7 +115,7 @@ impl RedisStore {
             last_call_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         });
-        tokio::spawn(health_loop(Arc::downgrade(&store)));
+        runtime.spawn(health_loop(Arc::downgrade(&store)));
         Ok(store)
     }
 
