@@ -24,11 +24,8 @@ local STATE_WORDS = {[COUNTER] = 3, [TOKEN] = 1, [LEAKY] = 1, [FIXED] = 2}
 
 local function params(i)
   local base = 3 + (i - 1) * 6
-  local p = {}
-  for j = 0, 5 do
-    p[j + 1] = tonumber(ARGV[base + j])
-  end
-  return p[1], p[2], p[3], p[4], p[5], p[6]
+  return tonumber(ARGV[base]), tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]),
+    tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5])
 end
 
 local function check_compact(kind, state, limit, window, capacity, cost)
@@ -64,6 +61,13 @@ if mode == 'r' then
 end
 
 local verdicts = {}
+local states = {}
+-- How often each key appears: a key checked once can be consumed from the
+-- state its check brought forward, without reading it again.
+local seen = {}
+for i = 1, #KEYS do
+  seen[KEYS[i]] = (seen[KEYS[i]] or 0) + 1
+end
 local all_allow = true
 for i = 1, #KEYS do
   local kind, limit, window, capacity, cost, enforce = params(i)
@@ -73,6 +77,7 @@ for i = 1, #KEYS do
   else
     local state = read_state(KEYS[i], STATE_WORDS[kind])
     verdict = check_compact(kind, state, limit, window, capacity, cost)
+    states[i] = state
   end
   verdicts[i] = verdict
   if enforce == 1 and verdict[1] == 0 then
@@ -90,9 +95,12 @@ for i = 1, #KEYS do
     if kind == SLIDING_LOG then
       token = sliding_log.consume(KEYS[i], now, cost, ttl)
     else
-      -- Read again: an earlier check of this batch may have written this key.
-      local state = read_state(KEYS[i], STATE_WORDS[kind])
-      check_compact(kind, state, limit, window, capacity, cost)
+      local state = states[i]
+      if seen[KEYS[i]] > 1 then
+        -- Read again: an earlier consume of this batch may have written it.
+        state = read_state(KEYS[i], STATE_WORDS[kind])
+        check_compact(kind, state, limit, window, capacity, cost)
+      end
       if kind == COUNTER then
         sliding_counter.consume(state, cost)
       elseif kind == FIXED then

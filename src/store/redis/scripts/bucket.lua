@@ -8,17 +8,19 @@ function bucket.check(state, now, limit, window, capacity, cost)
   local empty_at = max(state[1], now)
   state[1] = empty_at
   local d = empty_at - now
-  local function remaining(extra)
-    return max(capacity - extra - muldiv_ceil(d, limit, window), 0)
+  -- Whole requests the level takes up: ceil(d * limit / window).
+  local used = 0
+  if d > 0 then
+    used = muldiv_ceil(d, limit, window)
   end
   if cost > capacity then
-    return deny(remaining(0), d, max(muldiv_ceil(capacity, window, limit), window))
+    return deny(max(capacity - used, 0), d, max(muldiv_ceil(capacity, window, limit), window))
   end
   local room = muldiv_floor(capacity - cost, window, limit)
   if d <= room then
-    return allow(remaining(cost), d + muldiv_ceil(cost, window, limit))
+    return allow(max(capacity - cost - used, 0), d + muldiv_ceil(cost, window, limit))
   end
-  return deny(remaining(0), d, d - room)
+  return deny(max(capacity - used, 0), d, d - room)
 end
 
 function bucket.consume(state, limit, window, cost)

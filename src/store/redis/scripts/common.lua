@@ -102,27 +102,33 @@ local function denied_forever(window)
   return deny(0, window, window)
 end
 
--- Compact state is stored as decimal integers separated by spaces.
+-- Compact state is stored as one to three decimal integers separated by
+-- spaces; a missing key is all zeros (a fresh key, as in memory).
 local function read_state(key, n)
-  local state = {}
   local text = redis.call('GET', key)
-  if text then
-    for word in string.gmatch(text, '%d+') do
-      state[#state + 1] = tonumber(word)
-    end
+  if not text then
+    if n == 1 then return {0} elseif n == 2 then return {0, 0} end
+    return {0, 0, 0}
   end
-  for i = #state + 1, n do
-    state[i] = 0
+  if n == 1 then
+    return {tonumber(text) or 0}
+  elseif n == 2 then
+    local a, b = string.match(text, '^(%d+) (%d+)$')
+    return {tonumber(a) or 0, tonumber(b) or 0}
   end
-  return state
+  local a, b, c = string.match(text, '^(%d+) (%d+) (%d+)$')
+  return {tonumber(a) or 0, tonumber(b) or 0, tonumber(c) or 0}
 end
 
+-- %.0f prints every integer below 2^53 exactly (tostring would round to 14 digits).
 local function encode(state)
-  local words = {}
-  for i = 1, #state do
-    words[i] = string.format('%.0f', state[i])
+  local n = #state
+  if n == 1 then
+    return string.format('%.0f', state[1])
+  elseif n == 2 then
+    return string.format('%.0f %.0f', state[1], state[2])
   end
-  return table.concat(words, ' ')
+  return string.format('%.0f %.0f %.0f', state[1], state[2], state[3])
 end
 
 -- Keys live until their state is fresh again, plus a second (as in memory).

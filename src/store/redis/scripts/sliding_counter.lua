@@ -16,25 +16,27 @@ function sliding_counter.check(state, now, limit, window, cost)
   end
 
   local until_next = window - elapsed
-  local function reset_after(c, p)
-    if c > 0 then return until_next + window end
-    if p > 0 then return until_next end
-    return 0
-  end
   if cost > limit then
     return denied_forever(window)
   end
 
   -- previous * (window - elapsed) <= k * window, in integers.
-  local weighted_whole = muldiv_ceil(previous, window - elapsed, window)
-  local function fits(extra)
-    if current + extra > limit then return false end
-    if previous == 0 then return true end
-    return window - elapsed <= muldiv_floor(limit - current - extra, window, previous)
+  local weighted_whole = 0
+  if previous > 0 then
+    weighted_whole = muldiv_ceil(previous, window - elapsed, window)
   end
-  if fits(cost) then
+  local fits = current + cost <= limit
+    and (previous == 0
+      or window - elapsed <= muldiv_floor(limit - current - cost, window, previous))
+  if fits then
     local left = max(limit - (current + cost + weighted_whole), 0)
-    return allow(left, reset_after(current + cost, previous))
+    local reset_after = 0
+    if current + cost > 0 then
+      reset_after = until_next + window
+    elseif previous > 0 then
+      reset_after = until_next
+    end
+    return allow(left, reset_after)
   end
 
   local left = max(limit - (current + weighted_whole), 0)
@@ -47,7 +49,13 @@ function sliding_counter.check(state, now, limit, window, cost)
     if current > 0 then room = muldiv_floor(limit - cost, window, current) end
     retry_after = until_next + (window - min(room, window))
   end
-  return deny(left, reset_after(current, previous), retry_after)
+  local reset_after = 0
+  if current > 0 then
+    reset_after = until_next + window
+  elseif previous > 0 then
+    reset_after = until_next
+  end
+  return deny(left, reset_after, retry_after)
 end
 
 function sliding_counter.consume(state, cost)
