@@ -386,6 +386,80 @@ async fn a_flood_from_one_client_costs_no_redis_calls() {
     delete_prefix(&redis_url(), &prefix);
 }
 
+/// A Redis that accepts connections and never answers (a hung node, a cut
+/// network path): calls time out, then the breaker opens and answers at once,
+/// so the dead server costs one timeout per probe interval, not per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_redis_costs_one_timeout_per_probe_not_per_request() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket); // read nothing, answer nothing
+        }
+    });
+    let mut config = redis_config(&format!("redis://{addr}"), "silent:");
+    config.timeout = Duration::from_millis(100);
+    let redis = store(&config, RedisStoreOptions::default());
+    let limit = Limit::new(StrategyKind::FixedWindow, 10, 60_000_000_000, None);
+    let requests = Arc::new(AtomicU64::new(0));
+    let slowest = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_millis(1_600);
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (redis, requests, slowest) = (
+                Arc::clone(&redis),
+                Arc::clone(&requests),
+                Arc::clone(&slowest),
+            );
+            tokio::spawn(async move {
+                let identity = format!("ip:192.0.2.{i}");
+                while Instant::now() < until {
+                    let checks = [LimitCheck {
+                        key: CounterKey {
+                            rule: "r",
+                            rule_seed: 1,
+                            identity: &identity,
+                        },
+                        limit,
+                        cost: 1,
+                        enforce: true,
+                    }];
+                    let started = Instant::now();
+                    assert!(redis.check(&checks, 0).await.is_err());
+                    slowest.fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    holder.abort();
+    let calls = redis.metrics().expect("metrics").call_duration.count();
+    let requests = requests.load(Ordering::Relaxed);
+    // The first wave (16 in flight) times out; after that, about one probe
+    // per 500 ms plus the idle health ping.
+    assert!(
+        calls <= 16 + 8,
+        "{calls} Redis calls for {requests} requests"
+    );
+    assert!(requests > 1_000, "answered at once while open: {requests}");
+    assert!(
+        slowest.load(Ordering::Relaxed) < 400,
+        "no request waits much longer than the timeout"
+    );
+    assert_ne!(
+        redis.breaker_state(),
+        ratethrottle::store::BreakerState::Closed
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Gateways sharing one Redis.
 
