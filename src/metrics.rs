@@ -219,7 +219,8 @@ impl ServerMetrics {
 /// answers. Stores that cannot fail have none.
 #[derive(Debug)]
 pub struct StoreMetrics {
-    /// One observation per round trip to the store (a batch, or a slot group).
+    /// One observation per store call: a batch (on a cluster, all its slot
+    /// groups and refunds) or an idle health ping; timeouts included.
     pub call_duration: Histogram,
     /// The circuit breaker's state, an index into [`BREAKER_STATES`].
     pub breaker_state: std::sync::atomic::AtomicU8,
@@ -249,7 +250,7 @@ impl StoreMetrics {
             out,
             "ratethrottle_store_call_duration_seconds",
             &labels,
-            "Round trips to the store, including timeouts.",
+            "Store calls (a batch, or an idle health ping), including timeouts.",
         );
         help(
             out,
