@@ -137,10 +137,26 @@ fn widened(v: Verdict) -> Verdict {
 /// the Redis store's resolution) and the Redis store (nanoseconds from a
 /// fake clock), and expects every verdict field to match.
 fn compare(specs: &[RuleSpec], steps: &[Step], start_offset: u64) -> Result<(), TestCaseError> {
+    compare_with(specs, steps, start_offset, false)
+}
+
+/// With `cached`, the local cache of denials is on, and what must match is
+/// each batch's decision (the cached verdicts of a batch's other checks are
+/// those of the denial, by design).
+fn compare_with(
+    specs: &[RuleSpec],
+    steps: &[Step],
+    start_offset: u64,
+    cached: bool,
+) -> Result<(), TestCaseError> {
     let prefix = unique_prefix("compare");
     let url = redis_url();
+    let options = RedisStoreOptions {
+        deny_cache: cached,
+        ..test_clock()
+    };
     let result = runtime().block_on(async {
-        let redis = store(&redis_config(&url, &prefix), test_clock());
+        let redis = store(&redis_config(&url, &prefix), options);
         let memory = MemoryStore::new();
         let mut now_us = T0_MICROS + start_offset;
         for (n, step) in steps.iter().enumerate() {
@@ -160,7 +176,23 @@ fn compare(specs: &[RuleSpec], steps: &[Step], start_offset: u64) -> Result<(), 
                 .check(&redis_checks, now_us * 1_000)
                 .await
                 .map_err(|e| TestCaseError::fail(format!("redis: {e}")))?;
-            prop_assert_eq!(got.to_vec(), expected, "step {} of {:?}", n, steps);
+            if cached {
+                let decision = |v: &[Verdict]| {
+                    mem_checks
+                        .iter()
+                        .zip(v)
+                        .all(|(c, v)| !c.enforce || v.allowed)
+                };
+                prop_assert_eq!(
+                    decision(&got),
+                    decision(&expected),
+                    "step {} of {:?}",
+                    n,
+                    steps
+                );
+            } else {
+                prop_assert_eq!(got.to_vec(), expected, "step {} of {:?}", n, steps);
+            }
         }
         Ok(())
     });
@@ -183,6 +215,23 @@ proptest! {
             return Ok(());
         }
         compare(&specs, &steps, offset)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// The local cache of denials never changes a decision.
+    #[test]
+    fn the_cache_of_denials_never_changes_a_decision(
+        specs in prop::collection::vec(rule_spec(6, WINDOWS_US.to_vec()), 1..=3),
+        steps in steps(2_000_000, 3),
+        offset in 0u64..10_000_000,
+    ) {
+        if !redis_available("the_cache_of_denials_never_changes_a_decision") {
+            return Ok(());
+        }
+        compare_with(&specs, &steps, offset, true)?;
     }
 }
 
