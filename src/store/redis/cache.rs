@@ -6,7 +6,8 @@
 //! whose enforcing check must wait until T is denied by Redis before T
 //! whatever other instances do (the one exception, a cluster refund, can only
 //! make the answer briefly pessimistic). `remaining` is the value at the
-//! denial; `reset_after` and `retry_after` are aged by the time since.
+//! denial (as are the verdicts of the batch's other checks); `reset_after`
+//! and `retry_after` are aged by the time since.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
