@@ -6,6 +6,7 @@
 //! Without a reachable Redis the tests print SKIPPED and pass, unless
 //! RATETHROTTLE_REQUIRE_REDIS=1 (CI), where they fail.
 
+use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -24,12 +25,16 @@ fn required() -> bool {
     std::env::var("RATETHROTTLE_REQUIRE_REDIS").is_ok_and(|v| v == "1")
 }
 
-/// Whether the shared Redis answers; prints SKIPPED (or panics in CI) if not.
+/// Whether the shared Redis answers (asked once per test binary); prints
+/// SKIPPED once per test (or panics in CI) if not.
 pub fn redis_available(test: &str) -> bool {
-    let ok = ::redis::Client::open(redis_url())
-        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
-        .and_then(|mut c| ::redis::cmd("PING").query::<String>(&mut c))
-        .is_ok();
+    static ANSWERS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *ANSWERS.get_or_init(|| {
+        ::redis::Client::open(redis_url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut c| ::redis::cmd("PING").query::<String>(&mut c))
+            .is_ok()
+    });
     skip_unless(ok, test, &format!("no Redis at {}", redis_url()))
 }
 
@@ -47,12 +52,24 @@ pub fn redis_binaries(test: &str) -> bool {
 }
 
 fn skip_unless(ok: bool, test: &str, why: &str) -> bool {
+    static REPORTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     if !ok {
         assert!(
             !required(),
             "{test}: {why}, and RATETHROTTLE_REQUIRE_REDIS=1"
         );
-        eprintln!("SKIPPED {test}: {why} (set RATETHROTTLE_REQUIRE_REDIS=1 to fail instead)");
+        // Once per test: a proptest asks for every case.
+        let mut reported = REPORTED.lock().unwrap_or_else(|e| e.into_inner());
+        if reported.iter().any(|t| t == test) {
+            return false;
+        }
+        reported.push(test.to_string());
+        // Straight to stderr: the test harness captures eprintln! of passing
+        // tests, and a skip must be seen.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: {why} (set RATETHROTTLE_REQUIRE_REDIS=1 to fail instead)"
+        );
     }
     ok
 }
