@@ -231,17 +231,8 @@ impl Engine {
         for (p, verdict) in pending.iter().zip(&verdicts) {
             let rule = &rules[p.rule];
             let counters = &rule.counters;
-            let report = |shadow| {
-                self.report(
-                    rule,
-                    verdict,
-                    p.identity,
-                    p.client_ip,
-                    &None,
-                    p.cost,
-                    shadow,
-                )
-            };
+            let report =
+                |shadow| self.report(rule, verdict, p.identity, p.client_ip, None, p.cost, shadow);
             if rule.shadow {
                 if verdict.allowed {
                     counters.allowed.fetch_add(1, Ordering::Relaxed);

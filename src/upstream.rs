@@ -25,8 +25,12 @@ use crate::config::UpstreamConfig;
 /// Long enough for steady traffic to reuse connections, short enough to give
 /// sockets back soon after a burst.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle connections kept per upstream; bursts above it open and then close extras.
-const POOL_MAX_IDLE_PER_HOST: usize = 64;
+/// Idle connections kept per upstream; bursts above it open and then close
+/// extras. Well above the number of requests usually in flight: a connection
+/// goes back to the pool a moment after its response ends, so a steady 64
+/// concurrent requests briefly need more than 64 connections, and a cap at
+/// that level would close and reopen connections all the time.
+const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 /// TCP keep-alive probes notice upstreams that vanished without a FIN.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// HTTP/2 pings on busy connections, so a dead peer fails long gRPC streams.
@@ -185,7 +189,7 @@ impl Upstreams {
         self.by_name.contains_key(upstream)
     }
 
-    /// Forwards `request` (origin-form URI; headers already prepared) to the
+    /// Forwards `request` (only its path and query are kept; headers already prepared) to the
     /// named upstream and returns the response once its head has arrived
     /// within `request_timeout`; the body streams afterwards.
     pub async fn send(

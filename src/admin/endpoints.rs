@@ -61,12 +61,15 @@ pub fn metrics(context: &AdminContext) -> Response<Body> {
         violations_dropped: engine.violation_hub().dropped(),
         store: engine.store().metrics().map(|m| (m, engine.store().kind())),
     };
-    let text = metrics::render(
+    let mut text = metrics::render(
         engine.request_counters(),
         engine.decision_latency(),
         &gauges,
         &context.server_metrics,
     );
+    if let Some(ddos) = engine.ddos() {
+        ddos.render_metrics(&mut text);
+    }
     reply::text(StatusCode::OK, "text/plain; version=0.0.4", text)
 }
 

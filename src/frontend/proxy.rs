@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
@@ -16,6 +17,7 @@ use crate::body::{self, Body};
 use crate::decision::Decision;
 use crate::engine::{Engine, RequestFacts};
 use crate::metrics::ServerMetrics;
+use crate::protect::ddos::Event as DdosEvent;
 use crate::server::{ConnInfo, Handler};
 use crate::upstream::{UpstreamError, Upstreams};
 
@@ -24,15 +26,16 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+/// `HeaderName`s rather than strings: removing by name then skips parsing it.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
 ];
 
 pub struct Proxy {
@@ -63,20 +66,37 @@ impl Proxy {
             .as_ref()
             .map_or(u64::MAX, |s| s.max_body_bytes);
 
+        // DDoS protection counts upstream errors and oversized requests
+        // against the client; worked out only while it is on.
+        let ddos_client = self.engine.ddos().map(|_| {
+            crate::identity::client_ip(
+                conn.peer.ip(),
+                request.headers(),
+                &config.global.trusted_proxies,
+            )
+        });
+        let ddos_event = |event| {
+            if let Some(client) = ddos_client {
+                self.engine.record_ddos_event(client, event);
+            }
+        };
+
         if let Some(length) = content_length(request.headers())
             && length > max_body
         {
+            ddos_event(DdosEvent::Guard);
             return reply(too_large(max_body));
         }
 
-        let host = request_host(&request).map(str::to_string);
+        // A cheap reference-counted copy: the request itself moves on upstream.
+        let host = request_host(&request);
         let client_version = request.version();
         let decision = {
             let facts = RequestFacts {
                 peer: conn.peer.ip(),
                 client_ip: None,
                 method: request.method(),
-                host: host.as_deref(),
+                host: host.as_ref().and_then(|h| h.to_str().ok()),
                 path: request.uri().path(),
                 query: request.uri().query(),
                 headers: request.headers(),
@@ -111,20 +131,21 @@ impl Proxy {
             .trusted_proxies
             .iter()
             .any(|net| net.contains(&conn.peer.ip()));
-        let outgoing = match forwarded_request(request, conn, host.as_deref(), trusted, max_body) {
-            Ok(outgoing) => outgoing,
-            Err(_) => {
-                return reply(Rejection::json(
-                    StatusCode::BAD_REQUEST,
-                    r#"{"error":"bad_request"}"#.into(),
-                ));
-            }
-        };
+        let outgoing = forwarded_request(request, conn, host, trusted, max_body);
         let upstreams = self.upstreams.load_full();
         let mut response = match upstreams.send(&upstream_name, outgoing).await {
             Ok(response) => response.map(body::stream),
-            Err(error) => return reply(self.upstream_failed(&upstream_name, &error, max_body)),
+            Err(error) => {
+                let rejection = self.upstream_failed(&upstream_name, &error, max_body);
+                if rejection.status == StatusCode::PAYLOAD_TOO_LARGE {
+                    ddos_event(DdosEvent::Guard);
+                }
+                return reply(rejection);
+            }
         };
+        if response.status().is_client_error() || response.status().is_server_error() {
+            ddos_event(DdosEvent::UpstreamError);
+        }
         strip_hop_by_hop(response.headers_mut());
         // The client speaks its own version with us, whatever the upstream spoke (e.g. HTTP/1.0).
         *response.version_mut() = client_version;
@@ -175,65 +196,57 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// Host header (HTTP/1.1) or :authority (HTTP/2).
-fn request_host<B>(request: &Request<B>) -> Option<&str> {
-    request
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
+    match request.headers().get(HOST) {
+        Some(host) => Some(host.clone()),
+        None => HeaderValue::from_str(request.uri().authority()?.as_str()).ok(),
+    }
 }
 
-/// The request as the upstream sees it: origin-form URI, hop-by-hop headers
-/// removed, forwarding headers set, the body streamed within `max_body`.
+/// The request as the upstream sees it: hop-by-hop headers removed,
+/// forwarding headers set, the body streamed within `max_body`. The URI is
+/// left as it came: [`Upstreams::send`] points it at the upstream.
 fn forwarded_request(
     request: Request<Incoming>,
     conn: ConnInfo,
-    host: Option<&str>,
+    host: Option<HeaderValue>,
     trusted_peer: bool,
     max_body: u64,
-) -> Result<Request<Body>, http::uri::InvalidUri> {
+) -> Request<Body> {
     let (mut parts, incoming) = request.into_parts();
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    parts.uri = Uri::try_from(path_and_query)?;
     // Let the client library pick the upstream's protocol version.
     parts.version = http::Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
 
-    let peer = conn.peer.ip().to_canonical().to_string();
+    let peer = conn.peer.ip().to_canonical();
     // From a trusted proxy we extend its chain; from anyone else the chain
     // would be the client's invention, so it starts over with the peer.
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(chain) if trusted_peer => format!("{chain}, {peer}"),
-        _ => peer,
+        _ => peer.to_string(),
     };
-    set(headers, X_FORWARDED_FOR, &forwarded_for);
+    // The string's buffer becomes the header value as it is, without a copy.
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded_for)) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
     if !(trusted_peer && headers.contains_key(&X_FORWARDED_PROTO)) {
-        set(
-            headers,
-            X_FORWARDED_PROTO,
-            if conn.tls { "https" } else { "http" },
-        );
+        let proto = if conn.tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if let Some(host) = host {
         if !(trusted_peer && headers.contains_key(&X_FORWARDED_HOST)) {
-            set(headers, X_FORWARDED_HOST, host);
+            headers.insert(X_FORWARDED_HOST, host.clone());
         }
         // HTTP/2 clients send :authority only; an HTTP/1.1 upstream needs Host.
         if !headers.contains_key(HOST) {
-            set(headers, HOST, host);
+            headers.insert(HOST, host);
         }
     }
 
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
     let body = body::stream(Limited::new(incoming, limit).map_err(|e| e as crate::body::BoxError));
-    Ok(Request::from_parts(parts, body))
-}
-
-fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name, value);
-    }
+    Request::from_parts(parts, body)
 }
 
 /// Removes hop-by-hop headers and any header the Connection header names.
@@ -256,7 +269,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if keeps_trailers {

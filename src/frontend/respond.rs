@@ -69,14 +69,15 @@ pub fn add_quota_headers(
         headers.insert(X_RATELIMIT_RESET, HeaderValue::from(reset_at));
     }
     if matches!(options.style, HeaderStyle::Ietf | HeaderStyle::Both) {
-        let name = sf_string(&quota.rule);
         let window = quota.window.as_secs().max(1);
         let mut policy = String::with_capacity(48);
-        let _ = write!(policy, "{name};q={};w={window}", quota.limit);
-        let mut current = String::with_capacity(48);
-        let _ = write!(current, "{name};r={};t={reset_secs}", quota.remaining);
+        push_sf_string(&mut policy, &quota.rule);
+        let mut current = policy.clone();
+        let _ = write!(policy, ";q={};w={window}", quota.limit);
+        let _ = write!(current, ";r={};t={reset_secs}", quota.remaining);
         for (header, value) in [(RATELIMIT_POLICY, policy), (RATELIMIT, current)] {
-            if let Ok(value) = HeaderValue::from_str(&value) {
+            // The string's buffer becomes the header value as it is, without a copy.
+            if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
                 headers.insert(header, value);
             }
         }
@@ -88,10 +89,10 @@ fn retry_secs_or_zero(nanos: Nanos) -> u64 {
     nanos.div_ceil(NANOS_PER_SEC)
 }
 
-/// A structured-field string: quotes and backslashes escaped, anything
-/// outside printable ASCII replaced, so a rule name can never break a header.
-fn sf_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
+/// Appends `text` as a structured-field string: quotes and backslashes
+/// escaped, anything outside printable ASCII replaced, so a rule name can
+/// never break a header.
+fn push_sf_string(out: &mut String, text: &str) {
     out.push('"');
     for c in text.chars() {
         match c {
@@ -104,7 +105,6 @@ fn sf_string(text: &str) -> String {
         }
     }
     out.push('"');
-    out
 }
 
 /// The gateway's own answer for a decision; `None` when the request goes on.
@@ -294,6 +294,8 @@ mod tests {
 
     #[test]
     fn rule_names_cannot_break_a_header() {
-        assert_eq!(sf_string("a\"b\\c\u{e9}"), r#""a\"b\\c?""#);
+        let mut out = String::from("x");
+        push_sf_string(&mut out, "a\"b\\c\u{e9}");
+        assert_eq!(out, r#"x"a\"b\\c?""#);
     }
 }
