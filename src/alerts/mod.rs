@@ -248,9 +248,8 @@ async fn watch_thresholds(dispatcher: Arc<Dispatcher>) {
     }
 }
 
-/// The gateway does not publish a DDoS score yet (SPEC's DDoS scoring is a
-/// separate piece of work); the `ddos_score_*` thresholds apply as soon as
-/// this returns one.
-fn ddos_score(_engine: &Engine) -> Option<f64> {
-    None
+/// The highest suspicion score any client reached since the last sample,
+/// while DDoS protection is on.
+fn ddos_score(engine: &Engine) -> Option<f64> {
+    engine.ddos().map(|guard| guard.take_highest_score())
 }

@@ -26,6 +26,9 @@ pub struct DdosGuard {
     analyzer: DdosAnalyzer,
     blocks: AtomicU64,
     mode_changes: AtomicU64,
+    /// The highest score seen since [`DdosGuard::take_highest_score`], as
+    /// `f64` bits: for scores (never negative) the bits order as the values.
+    highest_score: AtomicU64,
 }
 
 /// The identity DDoS protection counts a client address under: the same
@@ -42,6 +45,7 @@ impl DdosGuard {
             analyzer: DdosAnalyzer::new(config),
             blocks: AtomicU64::new(0),
             mode_changes: AtomicU64::new(0),
+            highest_score: AtomicU64::new(0),
         })
     }
 
@@ -87,6 +91,8 @@ impl DdosGuard {
         let mut worst: Option<(String, f64)> = None;
         for identity in std::iter::once(address).chain(prefix) {
             let pattern = self.analyzer.observe(&identity, path, now);
+            self.highest_score
+                .fetch_max(pattern.score.to_bits(), Ordering::Relaxed);
             if pattern.is_suspicious && worst.as_ref().is_none_or(|(_, s)| pattern.score > *s) {
                 worst = Some((identity, pattern.score));
             }
@@ -109,6 +115,12 @@ impl DdosGuard {
         for identity in std::iter::once(address).chain(prefix) {
             self.analyzer.record(&identity, event, now);
         }
+    }
+
+    /// The highest suspicion score any client reached since the last call
+    /// (0 when nothing was seen): what the `ddos_score_*` alerts watch.
+    pub fn take_highest_score(&self) -> f64 {
+        f64::from_bits(self.highest_score.swap(0, Ordering::Relaxed))
     }
 
     fn limit_factor_configured(&self) -> f64 {
