@@ -523,6 +523,8 @@ storage:
   on_error: {on_error}
 upstreams:
   default: {{ url: "http://{{upstream}}", request_timeout: 5s }}
+# Hundreds of requests from one address are the point here, not an attack.
+ddos_protection: {{ enabled: false }}
 rules:
   - {{ name: shared, limit: {limit}, window: 1h, strategy: sliding_window, key: "header:x-client" }}
 "#
@@ -753,6 +755,7 @@ storage:
   redis: {{ host: 127.0.0.1, port: {}, db: 2, key_prefix: "seed:" }}
 upstreams:
   default: {{ url: "http://{{upstream}}" }}
+ddos_protection: {{ enabled: false }}
 rules:
   - {{ name: r, limit: 2, window: 60, strategy: fixed_window }}
 "#,
