@@ -221,6 +221,82 @@ impl ServerMetrics {
     }
 }
 
+/// Metrics of a network store (Redis): call latency, circuit breaker, local
+/// answers. Stores that cannot fail have none.
+#[derive(Debug)]
+pub struct StoreMetrics {
+    /// One observation per store call: a batch (on a cluster, all its slot
+    /// groups and refunds) or an idle health ping; timeouts included.
+    pub call_duration: Histogram,
+    /// The circuit breaker's state, an index into [`BREAKER_STATES`].
+    pub breaker_state: std::sync::atomic::AtomicU8,
+    /// Batches answered from the local cache of denials, without the store.
+    pub local_denials: AtomicU64,
+    /// Cluster refunds that failed (quota lost until the window passes).
+    pub refund_failures: AtomicU64,
+}
+
+pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            call_duration: Histogram::new(LATENCY_BUCKETS),
+            breaker_state: std::sync::atomic::AtomicU8::new(0),
+            local_denials: AtomicU64::new(0),
+            refund_failures: AtomicU64::new(0),
+        }
+    }
+}
+
+impl StoreMetrics {
+    fn render(&self, out: &mut String, store: &str) {
+        let labels = format!("store=\"{}\"", escape(store));
+        self.call_duration.render(
+            out,
+            "ratethrottle_store_call_duration_seconds",
+            &labels,
+            "Store calls (a batch, or an idle health ping), including timeouts.",
+        );
+        help(
+            out,
+            "ratethrottle_store_breaker_state",
+            "gauge",
+            "Circuit breaker in front of the store: 1 for the current state.",
+        );
+        let current = self.breaker_state.load(Ordering::Relaxed) as usize;
+        for (i, state) in BREAKER_STATES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ratethrottle_store_breaker_state{{{labels},state=\"{state}\"}} {}",
+                (i == current) as u8
+            );
+        }
+        help(
+            out,
+            "ratethrottle_store_local_denials_total",
+            "counter",
+            "Requests denied from the local cache of over-limit callers, without a store call.",
+        );
+        let _ = writeln!(
+            out,
+            "ratethrottle_store_local_denials_total{{{labels}}} {}",
+            self.local_denials.load(Ordering::Relaxed)
+        );
+        help(
+            out,
+            "ratethrottle_store_refund_failures_total",
+            "counter",
+            "Cluster batches whose consumed quota could not be given back.",
+        );
+        let _ = writeln!(
+            out,
+            "ratethrottle_store_refund_failures_total{{{labels}}} {}",
+            self.refund_failures.load(Ordering::Relaxed)
+        );
+    }
+}
+
 /// Webhook deliveries and alerts (`src/alerts/`), in events.
 #[derive(Debug, Default)]
 pub struct WebhookCounters {
@@ -306,6 +382,8 @@ pub struct EngineGauges {
     pub store_errors: u64,
     pub store_keys: Option<u64>,
     pub violations_dropped: u64,
+    /// The store's own metrics and its kind, when it has any.
+    pub store: Option<(Arc<StoreMetrics>, &'static str)>,
 }
 
 /// The whole exposition, in Prometheus text format 0.0.4.
@@ -351,6 +429,9 @@ pub fn render(
             "Counters held by the store.",
             keys,
         );
+    }
+    if let Some((store, kind)) = &engine.store {
+        store.render(&mut out, kind);
     }
     gauge(
         &mut out,

@@ -4,6 +4,7 @@
 
 pub mod hook;
 pub mod net;
+pub mod redis;
 
 use std::net::IpAddr;
 use std::sync::Arc;
