@@ -9,3 +9,6 @@ pub mod request;
 
 pub use gate::{Gate, Target, analyse_request, check_envoy_body, gate};
 pub use limits::{Charge, GraphqlError};
+
+#[cfg(test)]
+mod tests;
