@@ -451,3 +451,30 @@ async fn envoy_grpc_mode_analyses_the_body_envoy_sends() {
     assert!(denied.body.contains("RATE_LIMIT_EXCEEDED"));
     assert_eq!(response.status.as_ref().map(|s| s.code), Some(8));
 }
+
+#[tokio::test]
+async fn without_routes_an_enabled_top_level_section_applies_to_every_request() {
+    let upstream = start_upstream().await;
+    let yaml = r#"
+server: { listen: 127.0.0.1:0 }
+admin: { listen: 127.0.0.1:0 }
+upstreams:
+  default: { url: "http://{upstream}" }
+graphql: { enabled: true, max_depth: 2 }
+"#;
+    let gateway = start_gateway(yaml, Some(upstream.addr)).await;
+    let client = http1_client();
+    let got = send(
+        &client,
+        query_post(&gateway.url("/any"), "{ a { b { c } } }", None),
+    )
+    .await;
+    assert_eq!(got.status, 400);
+    assert_eq!(error_code(&got), "DEPTH_LIMIT_EXCEEDED");
+    let got = send(
+        &client,
+        query_post(&gateway.url("/any"), "{ a { b } }", None),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+}

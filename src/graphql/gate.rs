@@ -4,6 +4,7 @@
 //! joins the engine's store batch. Other requests pass untouched.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -19,7 +20,8 @@ use crate::config::GraphqlLimits;
 use crate::engine::Engine;
 use crate::frontend::respond::Rejection;
 use crate::identity;
-use crate::route::{self, RouteRequest};
+use crate::route::{self, Route, RouteRequest};
+use crate::snapshot::Snapshot;
 
 /// What the proxy does with a request before deciding it.
 pub enum Gate {
@@ -43,34 +45,59 @@ pub struct Target<'a> {
     pub headers: &'a HeaderMap,
 }
 
-/// The route's name and `graphql` block when this request is to be analysed:
+/// A route with a `graphql` block, held with the snapshot it came from.
+pub struct GraphqlRoute {
+    snapshot: Arc<Snapshot>,
+    /// `None`: no routes, the top-level `graphql` section (enabled) applies.
+    route: Option<Arc<Route>>,
+}
+
+impl GraphqlRoute {
+    pub fn name(&self) -> &str {
+        self.route.as_ref().map_or("", |r| &r.name)
+    }
+
+    pub fn limits(&self) -> &GraphqlLimits {
+        match self.route.as_ref().and_then(|r| r.config.graphql.as_ref()) {
+            Some(limits) => limits,
+            None => &self.snapshot.config.graphql_defaults,
+        }
+    }
+}
+
+/// The route and its `graphql` block when this request is to be analysed:
 /// the gateway is enabled, the route has the block, and the caller is on
 /// neither list (the whitelist bypasses every limit; the blacklist answer
 /// comes from the engine, before any parsing).
-pub fn graphql_route(engine: &Engine, target: &Target<'_>) -> Option<(String, GraphqlLimits)> {
+pub fn graphql_route(engine: &Engine, target: &Target<'_>) -> Option<GraphqlRoute> {
     let snapshot = engine.snapshot();
     let config = &snapshot.config;
     if !config.global.enabled {
         return None;
     }
-    let routes = snapshot.routes.as_ref()?;
-    let found = route::find(
-        routes,
-        &RouteRequest {
-            method: target.method,
-            host: target.host,
-            path: target.path,
-            headers: target.headers,
-        },
-    )?;
-    let limits = found.config.graphql.as_ref()?;
+    let route = match snapshot.routes.as_ref() {
+        Some(routes) => {
+            let request = RouteRequest {
+                method: target.method,
+                host: target.host,
+                path: target.path,
+                headers: target.headers,
+            };
+            let found = route::find(routes, &request)?;
+            found.config.graphql.as_ref()?;
+            Some(Arc::clone(found))
+        }
+        // Without routes, the top-level section applies to every request when enabled.
+        None if config.graphql_enabled => None,
+        None => return None,
+    };
     let client_ip = target.client_ip.unwrap_or_else(|| {
         identity::client_ip(target.peer, target.headers, &config.global.trusted_proxies)
     });
     if engine.lists().lookup(client_ip, engine.now()).is_some() {
         return None;
     }
-    Some((found.name.to_string(), limits.clone()))
+    Some(GraphqlRoute { snapshot, route })
 }
 
 /// The proxy's hook: for GraphQL routes, the body is read whole (within
@@ -89,7 +116,7 @@ pub async fn gate(engine: &Engine, request: Request<Incoming>, peer: IpAddr) -> 
         path: request.uri().path(),
         headers: request.headers(),
     };
-    let Some((route, limits)) = graphql_route(engine, &target) else {
+    let Some(graphql) = graphql_route(engine, &target) else {
         return Gate::Pass(request);
     };
     let max_body = engine
@@ -119,8 +146,8 @@ pub async fn gate(engine: &Engine, request: Request<Incoming>, peer: IpAddr) -> 
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let analysed = analyse_request(
-        &route,
-        &limits,
+        graphql.name(),
+        graphql.limits(),
         &parts.method,
         content_type,
         parts.uri.query(),
@@ -186,7 +213,7 @@ pub fn check_envoy_body(
     url_query: Option<&str>,
     body: &Bytes,
 ) -> Result<Option<Charge>, GraphqlError> {
-    let Some((route, limits)) = graphql_route(engine, target) else {
+    let Some(graphql) = graphql_route(engine, target) else {
         return Ok(None);
     };
     if body.is_empty() && target.method != Method::GET {
@@ -197,8 +224,8 @@ pub fn check_envoy_body(
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     analyse_request(
-        &route,
-        &limits,
+        graphql.name(),
+        graphql.limits(),
         target.method,
         content_type,
         url_query,
