@@ -300,7 +300,9 @@ impl Engine {
             );
         }
 
+        // Only built when there are extra checks: plain requests allocate nothing here.
         let extra_identity = match identities.first() {
+            _ if extra.is_empty() => String::new(),
             Some(identity) => identity.clone(),
             None => ip_identity(client_ip),
         };

@@ -284,7 +284,7 @@ async fn hostile_bodies_are_answered_quickly() {
         let got = send(&client, query_post(&url, &query, None)).await;
         assert_eq!(got.status, 400);
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(20),
             "{:?}",
             started.elapsed()
         );

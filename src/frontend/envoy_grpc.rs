@@ -161,10 +161,10 @@ fn graphql_charge(
         .as_ref()
         .and_then(|a| a.request.as_ref())
         .and_then(|r| r.http.as_ref());
-    let body = match http {
-        Some(http) if !http.raw_body.is_empty() => bytes::Bytes::copy_from_slice(&http.raw_body),
-        Some(http) => bytes::Bytes::copy_from_slice(http.body.as_bytes()),
-        None => bytes::Bytes::new(),
+    let body: &[u8] = match http {
+        Some(http) if !http.raw_body.is_empty() => &http.raw_body,
+        Some(http) => http.body.as_bytes(),
+        None => &[],
     };
     let target = crate::graphql::Target {
         peer: facts.peer,
@@ -174,7 +174,7 @@ fn graphql_charge(
         path: facts.path,
         headers: facts.headers,
     };
-    crate::graphql::check_envoy_body(engine, &target, facts.query, &body)
+    crate::graphql::check_envoy_body(engine, &target, facts.query, body)
 }
 
 /// A GraphQL request the gateway refuses before counting it (400).

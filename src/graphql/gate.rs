@@ -6,7 +6,6 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -211,7 +210,7 @@ pub fn check_envoy_body(
     engine: &Engine,
     target: &Target<'_>,
     url_query: Option<&str>,
-    body: &Bytes,
+    body: &[u8],
 ) -> Result<Option<Charge>, GraphqlError> {
     let Some(graphql) = graphql_route(engine, target) else {
         return Ok(None);

@@ -255,7 +255,8 @@ fn a_fragment_bomb_is_rejected_quickly() {
     }
     let started = Instant::now();
     assert_eq!(table_cost(&query), Err(AnalysisError::TooLarge));
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // Generous for a loaded debug build: the point is that it ends, not doubling 2^30 times.
+    assert!(started.elapsed() < Duration::from_secs(20));
 }
 
 #[test]
@@ -270,7 +271,7 @@ fn a_megabyte_of_nested_braces_is_rejected_quickly_without_overflow() {
         let started = Instant::now();
         assert!(table_cost(&query).is_err());
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(20),
             "took {:?}",
             started.elapsed()
         );
