@@ -1,6 +1,6 @@
 //! GraphQL analysis time per query: small, medium and large queries through
 //! the whole request path the proxy runs (JSON body read, parse, analysis,
-//! limits, charge), and the parse + analysis alone.
+//! limits, charge), the parse + analysis alone, and the parser alone.
 //!
 //! `cargo bench --bench graphql`
 
@@ -112,6 +112,17 @@ fn bench(c: &mut Criterion) {
                     None,
                     black_box(body.as_bytes()),
                 )
+            })
+        });
+        // The parser alone (same limits), to tell its share from the walk's.
+        group.bench_function(format!("parse/{name}"), |b| {
+            b.iter(|| {
+                apollo_parser::Parser::new(black_box(query))
+                    .recursion_limit(200)
+                    .token_limit(100_000)
+                    .parse()
+                    .errors()
+                    .len()
             })
         });
         group.bench_function(format!("analysis/{name}"), |b| {
