@@ -102,6 +102,11 @@ pub fn graphql_route(engine: &Engine, target: &Target<'_>) -> Option<GraphqlRout
 /// The proxy's hook: for GraphQL routes, the body is read whole (within
 /// `max_body_bytes`), analysed, and put back as it came.
 pub async fn gate(engine: &Engine, request: Request<Incoming>, peer: IpAddr) -> Gate {
+    // A WebSocket handshake (graphql-ws subscriptions) carries no operation
+    // in its request: it is left to the WebSocket passthrough.
+    if request.headers().contains_key(http::header::UPGRADE) {
+        return Gate::Pass(request);
+    }
     let host = request
         .headers()
         .get(http::header::HOST)
