@@ -23,9 +23,10 @@ use crate::frontend::envoy_grpc;
 use crate::frontend::envoy_http::EnvoyHttp;
 use crate::frontend::proxy::Proxy;
 use crate::metrics::ServerMetrics;
+use crate::protect::conn_screen::EngineScreen;
 use crate::reload::{self, ReloadTrigger};
-use crate::server::{ConnSettings, ConnTracker, Handler, Listener};
-use crate::store::MemoryStore;
+use crate::server::{ConnScreen, ConnSettings, ConnTracker, Handler, Listener};
+use crate::store::{MemoryStore, RedisStore, RedisStoreOptions, Store};
 use crate::tls::{self, TlsAcceptorCell};
 use crate::upstream::Upstreams;
 
@@ -40,8 +41,8 @@ const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] config::ConfigErrors),
-    #[error("storage.type: redis is not available in this build; use storage.type: memory")]
-    RedisUnavailable,
+    #[error("storage.redis: {0}")]
+    Redis(String),
     #[error("cannot listen on {addr} ({role}): {source}")]
     Bind {
         role: &'static str,
@@ -84,6 +85,8 @@ struct Listeners {
 pub struct Gateway {
     config_path: PathBuf,
     engine: Arc<Engine>,
+    /// The Redis store, when storage.type is redis, for settings a reload changes.
+    redis: Option<Arc<RedisStore>>,
     metrics: Arc<ServerMetrics>,
     upstreams: Arc<ArcSwap<Upstreams>>,
     tls: Arc<ArcSwap<Option<Arc<TlsAcceptorCell>>>>,
@@ -102,9 +105,6 @@ pub struct Gateway {
 impl Gateway {
     /// Loads nothing itself: `config` is what `config_path` held a moment ago.
     pub async fn start(config_path: PathBuf, config: Config) -> Result<Arc<Gateway>, StartError> {
-        if config.storage.kind == StorageType::Redis {
-            return Err(StartError::RedisUnavailable);
-        }
         let tls = match config.server.as_ref().and_then(|s| s.tls.as_ref()) {
             Some(t) => Some(Arc::new(TlsAcceptorCell::new(tls::load_server_config(
                 &t.cert_file,
@@ -114,14 +114,21 @@ impl Gateway {
         };
         let upstreams =
             Upstreams::new(&config.upstreams).map_err(|e| StartError::Upstream(e.to_string()))?;
-        let engine = Arc::new(Engine::new(
-            config,
-            Arc::new(MemoryStore::new()),
-            Arc::new(SystemClock),
-        ));
+        // A Redis store never waits for Redis here: a gateway must come up
+        // while Redis is briefly down, and storage.on_error applies meanwhile.
+        let (store, redis): (Arc<dyn Store>, _) = match config.storage.kind {
+            StorageType::Memory => (Arc::new(MemoryStore::new()), None),
+            StorageType::Redis => {
+                let redis = RedisStore::start(&config.storage.redis, RedisStoreOptions::default())
+                    .map_err(|e| StartError::Redis(e.to_string()))?;
+                (redis.clone(), Some(redis))
+            }
+        };
+        let engine = Arc::new(Engine::new(config, store, Arc::new(SystemClock)));
         let gateway = Arc::new_cyclic(|me| Gateway {
             config_path,
             engine,
+            redis,
             metrics: Arc::new(ServerMetrics::default()),
             upstreams: Arc::new(ArcSwap::from_pointee(upstreams)),
             tls: Arc::new(ArcSwap::from_pointee(tls)),
@@ -136,6 +143,7 @@ impl Gateway {
         });
         gateway.sync_listeners(&gateway.engine.snapshot().config)?;
         Engine::spawn_sweeper(&gateway.engine, SWEEP_EVERY);
+        crate::alerts::Dispatcher::install(&gateway.engine);
         Ok(gateway)
     }
 
@@ -238,6 +246,9 @@ impl Gateway {
         self.sync_listeners(&config).map_err(|e| e.to_string())?;
         let summary = config::summary(&config);
         self.upstreams.store(Arc::new(upstreams));
+        if let Some(redis) = &self.redis {
+            redis.reconfigure(&config.storage.redis);
+        }
         self.engine.apply_config(config);
         Ok(summary)
     }
@@ -323,12 +334,16 @@ impl Gateway {
             upstreams: Arc::clone(&self.upstreams),
             metrics: Arc::clone(&self.metrics),
         };
+        let screen = EngineScreen {
+            engine: Arc::clone(&self.engine),
+        };
         self.spawn_http(
             listener,
             proxy,
             tls_cell,
             settings,
             Arc::clone(&self.conn_tracker),
+            Some(Arc::new(screen)),
         )
     }
 
@@ -350,7 +365,7 @@ impl Gateway {
         let envoy = EnvoyHttp {
             engine: Arc::clone(&self.engine),
         };
-        self.spawn_http(listener, envoy, None, settings, ConnTracker::new())
+        self.spawn_http(listener, envoy, None, settings, ConnTracker::new(), None)
     }
 
     /// An accept loop serving `handler`, stopped by the returned token.
@@ -361,6 +376,7 @@ impl Gateway {
         tls: Option<Arc<TlsAcceptorCell>>,
         settings: Arc<dyn Fn() -> Option<ConnSettings> + Send + Sync>,
         tracker: Arc<ConnTracker>,
+        screen: Option<Arc<dyn ConnScreen>>,
     ) -> CancellationToken {
         let stop = self.shutdown.child_token();
         let accept_loop = Arc::new(Listener {
@@ -368,6 +384,7 @@ impl Gateway {
             tls,
             settings,
             tracker,
+            screen,
             metrics: Arc::clone(&self.metrics),
             connections: self.connections.clone(),
             stop_accepting: stop.clone(),
@@ -403,8 +420,10 @@ impl Gateway {
                 Some(gateway) => gateway.reload(ReloadTrigger::Api),
                 None => Err("the gateway is shutting down".to_string()),
             }),
-            // The memory store cannot be unreachable.
-            store_ready: Arc::new(|| true),
+            store_ready: {
+                let engine = Arc::clone(&self.engine);
+                Arc::new(move || engine.store().readiness().is_ok())
+            },
         });
         let stopped = stop.clone();
         tokio::spawn(admin::serve(listener, context, async move {

@@ -173,6 +173,10 @@ pub struct ServerMetrics {
     pub connections_accepted: AtomicU64,
     pub connections_rejected_total: AtomicU64,
     pub connections_rejected_per_ip: AtomicU64,
+    /// Closed at accept: DDoS protection blocked the address.
+    pub connections_refused_blocked: AtomicU64,
+    /// Answered 503 at accept while under attack.
+    pub connections_shed: AtomicU64,
     pub header_timeouts: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
@@ -187,6 +191,8 @@ impl Default for ServerMetrics {
             connections_accepted: AtomicU64::new(0),
             connections_rejected_total: AtomicU64::new(0),
             connections_rejected_per_ip: AtomicU64::new(0),
+            connections_refused_blocked: AtomicU64::new(0),
+            connections_shed: AtomicU64::new(0),
             header_timeouts: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
@@ -215,6 +221,160 @@ impl ServerMetrics {
     }
 }
 
+/// Metrics of a network store (Redis): call latency, circuit breaker, local
+/// answers. Stores that cannot fail have none.
+#[derive(Debug)]
+pub struct StoreMetrics {
+    /// One observation per store call: a batch (on a cluster, all its slot
+    /// groups and refunds) or an idle health ping; timeouts included.
+    pub call_duration: Histogram,
+    /// The circuit breaker's state, an index into [`BREAKER_STATES`].
+    pub breaker_state: std::sync::atomic::AtomicU8,
+    /// Batches answered from the local cache of denials, without the store.
+    pub local_denials: AtomicU64,
+    /// Cluster refunds that failed (quota lost until the window passes).
+    pub refund_failures: AtomicU64,
+}
+
+pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            call_duration: Histogram::new(LATENCY_BUCKETS),
+            breaker_state: std::sync::atomic::AtomicU8::new(0),
+            local_denials: AtomicU64::new(0),
+            refund_failures: AtomicU64::new(0),
+        }
+    }
+}
+
+impl StoreMetrics {
+    fn render(&self, out: &mut String, store: &str) {
+        let labels = format!("store=\"{}\"", escape(store));
+        self.call_duration.render(
+            out,
+            "ratethrottle_store_call_duration_seconds",
+            &labels,
+            "Store calls (a batch, or an idle health ping), including timeouts.",
+        );
+        help(
+            out,
+            "ratethrottle_store_breaker_state",
+            "gauge",
+            "Circuit breaker in front of the store: 1 for the current state.",
+        );
+        let current = self.breaker_state.load(Ordering::Relaxed) as usize;
+        for (i, state) in BREAKER_STATES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ratethrottle_store_breaker_state{{{labels},state=\"{state}\"}} {}",
+                (i == current) as u8
+            );
+        }
+        help(
+            out,
+            "ratethrottle_store_local_denials_total",
+            "counter",
+            "Requests denied from the local cache of over-limit callers, without a store call.",
+        );
+        let _ = writeln!(
+            out,
+            "ratethrottle_store_local_denials_total{{{labels}}} {}",
+            self.local_denials.load(Ordering::Relaxed)
+        );
+        help(
+            out,
+            "ratethrottle_store_refund_failures_total",
+            "counter",
+            "Cluster batches whose consumed quota could not be given back.",
+        );
+        let _ = writeln!(
+            out,
+            "ratethrottle_store_refund_failures_total{{{labels}}} {}",
+            self.refund_failures.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// Webhook deliveries and alerts (`src/alerts/`), in events.
+#[derive(Debug, Default)]
+pub struct WebhookCounters {
+    /// Events delivered (a 2xx answer to their batch).
+    pub sent: AtomicU64,
+    /// Events given up on after the last retry or a permanent refusal.
+    pub failed: AtomicU64,
+    /// Events dropped because a sink's queue was full.
+    pub dropped: AtomicU64,
+    /// Batch attempts that were retried.
+    pub retries: AtomicU64,
+    pub alerts_warning: AtomicU64,
+    pub alerts_critical: AtomicU64,
+}
+
+impl WebhookCounters {
+    pub fn count_alert(&self, critical: bool) {
+        let counter = if critical {
+            &self.alerts_critical
+        } else {
+            &self.alerts_warning
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The process's webhook counters, as `/metrics` shows them. Process-wide
+/// because sinks outlive reloads and the exposition has no other handle on
+/// them; a process runs one gateway.
+pub fn webhook_counters() -> Arc<WebhookCounters> {
+    static COUNTERS: std::sync::OnceLock<Arc<WebhookCounters>> = std::sync::OnceLock::new();
+    Arc::clone(COUNTERS.get_or_init(Arc::default))
+}
+
+fn render_webhooks(out: &mut String, c: &WebhookCounters) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    help(
+        out,
+        "ratethrottle_webhook_events_total",
+        "counter",
+        "Violation and alert events for webhooks, by result (sent, failed, dropped).",
+    );
+    for (result, counter) in [
+        ("sent", &c.sent),
+        ("failed", &c.failed),
+        ("dropped", &c.dropped),
+    ] {
+        let _ = writeln!(
+            out,
+            "ratethrottle_webhook_events_total{{result=\"{result}\"}} {}",
+            load(counter)
+        );
+    }
+    gauge(
+        out,
+        "ratethrottle_webhook_retries_total",
+        "counter",
+        "Webhook batch attempts that failed and were retried.",
+        load(&c.retries),
+    );
+    help(
+        out,
+        "ratethrottle_alerts_total",
+        "counter",
+        "Alerts raised by alerting.thresholds, by level.",
+    );
+    for (level, counter) in [
+        ("warning", &c.alerts_warning),
+        ("critical", &c.alerts_critical),
+    ] {
+        let _ = writeln!(
+            out,
+            "ratethrottle_alerts_total{{level=\"{level}\"}} {}",
+            load(counter)
+        );
+    }
+}
+
 /// Values read from the engine at scrape time.
 #[derive(Debug, Default)]
 pub struct EngineGauges {
@@ -222,6 +382,8 @@ pub struct EngineGauges {
     pub store_errors: u64,
     pub store_keys: Option<u64>,
     pub violations_dropped: u64,
+    /// The store's own metrics and its kind, when it has any.
+    pub store: Option<(Arc<StoreMetrics>, &'static str)>,
 }
 
 /// The whole exposition, in Prometheus text format 0.0.4.
@@ -268,6 +430,9 @@ pub fn render(
             keys,
         );
     }
+    if let Some((store, kind)) = &engine.store {
+        store.render(&mut out, kind);
+    }
     gauge(
         &mut out,
         "ratethrottle_violation_events_dropped_total",
@@ -275,6 +440,7 @@ pub fn render(
         "Violation events dropped because the handler queue was full.",
         engine.violations_dropped,
     );
+    render_webhooks(&mut out, &webhook_counters());
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     gauge(
         &mut out,
@@ -305,6 +471,16 @@ pub fn render(
         out,
         "ratethrottle_connections_rejected_total{{reason=\"max_connections_per_ip\"}} {}",
         load(&server.connections_rejected_per_ip)
+    );
+    let _ = writeln!(
+        out,
+        "ratethrottle_connections_rejected_total{{reason=\"blocked\"}} {}",
+        load(&server.connections_refused_blocked)
+    );
+    let _ = writeln!(
+        out,
+        "ratethrottle_connections_rejected_total{{reason=\"under_attack\"}} {}",
+        load(&server.connections_shed)
     );
     gauge(
         &mut out,

@@ -3,7 +3,9 @@
 //! [`net`]) start real gateways, upstreams and clients on 127.0.0.1.
 
 pub mod graphql;
+pub mod hook;
 pub mod net;
+pub mod redis;
 
 use std::net::IpAddr;
 use std::sync::Arc;

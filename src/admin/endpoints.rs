@@ -36,15 +36,19 @@ pub fn started() -> Instant {
 pub fn readyz(context: &AdminContext) -> Response<Body> {
     // The engine cannot exist without a validated config, so "a config is
     // loaded" holds whenever there is a context; only the store can fail.
+    // With Redis, "answers" means its circuit breaker is closed: while it is
+    // open or probing, requests get storage.on_error, so the instance should
+    // leave the load balancer's rotation.
     if (context.store_ready)() {
         reply::text(StatusCode::OK, "text/plain", "ready")
     } else {
-        let store = context.engine.store().kind();
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            &format!("the {store} store does not answer"),
-        )
+        let store = context.engine.store();
+        let kind = store.kind();
+        let message = match store.readiness() {
+            Ok(()) => format!("the {kind} store does not answer"),
+            Err(why) => format!("the {kind} store does not answer: {why}"),
+        };
+        error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", &message)
     }
 }
 
@@ -55,13 +59,17 @@ pub fn metrics(context: &AdminContext) -> Response<Body> {
         store_errors: engine.store_errors(),
         store_keys: engine.store().key_count().map(|n| n as u64),
         violations_dropped: engine.violation_hub().dropped(),
+        store: engine.store().metrics().map(|m| (m, engine.store().kind())),
     };
-    let text = metrics::render(
+    let mut text = metrics::render(
         engine.request_counters(),
         engine.decision_latency(),
         &gauges,
         &context.server_metrics,
     );
+    if let Some(ddos) = engine.ddos() {
+        ddos.render_metrics(&mut text);
+    }
     reply::text(StatusCode::OK, "text/plain; version=0.0.4", text)
 }
 

@@ -5,3 +5,4 @@ pub mod envoy_grpc;
 pub mod envoy_http;
 pub mod proxy;
 pub mod respond;
+mod unvectored;

@@ -18,6 +18,7 @@ use crate::decision::Decision;
 use crate::engine::{Engine, RequestFacts};
 use crate::graphql::{Charge, Gate};
 use crate::metrics::ServerMetrics;
+use crate::protect::ddos::Event as DdosEvent;
 use crate::server::{ConnInfo, Handler};
 use crate::upstream::{UpstreamError, Upstreams};
 
@@ -80,9 +81,25 @@ impl Proxy {
             .as_ref()
             .map_or(u64::MAX, |s| s.max_body_bytes);
 
+        // DDoS protection counts upstream errors and oversized requests
+        // against the client; worked out only while it is on.
+        let ddos_client = self.engine.ddos().map(|_| {
+            crate::identity::client_ip(
+                conn.peer.ip(),
+                request.headers(),
+                &config.global.trusted_proxies,
+            )
+        });
+        let ddos_event = |event| {
+            if let Some(client) = ddos_client {
+                self.engine.record_ddos_event(client, event);
+            }
+        };
+
         if let Some(length) = content_length(request.headers())
             && length > max_body
         {
+            ddos_event(DdosEvent::Guard);
             return reply(too_large(max_body));
         }
 
@@ -138,8 +155,17 @@ impl Proxy {
         let upstreams = self.upstreams.load_full();
         let mut response = match upstreams.send(&upstream_name, outgoing).await {
             Ok(response) => response.map(body::stream),
-            Err(error) => return reply(self.upstream_failed(&upstream_name, &error, max_body)),
+            Err(error) => {
+                let rejection = self.upstream_failed(&upstream_name, &error, max_body);
+                if rejection.status == StatusCode::PAYLOAD_TOO_LARGE {
+                    ddos_event(DdosEvent::Guard);
+                }
+                return reply(rejection);
+            }
         };
+        if response.status().is_client_error() || response.status().is_server_error() {
+            ddos_event(DdosEvent::UpstreamError);
+        }
         strip_hop_by_hop(response.headers_mut());
         // The client speaks its own version with us, whatever the upstream spoke (e.g. HTTP/1.0).
         *response.version_mut() = client_version;

@@ -2,16 +2,20 @@
 //! their keys atomically; the strategies themselves are pure (src/limit/).
 
 mod memory;
+mod redis;
 
+pub use self::redis::{BreakerConfig, BreakerState, RedisStore, RedisStoreOptions};
 pub use memory::MemoryStore;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use smallvec::SmallVec;
 
 use crate::limit::{Limit, Nanos, Verdict};
+use crate::metrics::StoreMetrics;
 
 /// Which counter a check touches: counters are named by rule, strategy and
 /// key spec (all folded into `rule_seed`) plus the caller's identity, so they
@@ -67,6 +71,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// `memory`, `redis`, ...
     fn kind(&self) -> &'static str;
+
+    /// Whether the store answers, for `/readyz`; `Err` says why not. Stores
+    /// that cannot fail keep the default.
+    fn readiness(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The store's own metrics (network stores), for `/metrics`.
+    fn metrics(&self) -> Option<Arc<StoreMetrics>> {
+        None
+    }
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

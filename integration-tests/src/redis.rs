@@ -1,0 +1,313 @@
+//! Redis for the tests: the shared server (REDIS_URL, default
+//! 127.0.0.1:6379) with a unique key prefix per test, private `redis-server`
+//! processes on spare ports that a test may kill and restart, and a local
+//! three-master Redis Cluster. Every process is killed on drop.
+//!
+//! Without a reachable Redis the tests print SKIPPED and pass, unless
+//! RATETHROTTLE_REQUIRE_REDIS=1 (CI), where they fail.
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ratethrottle::config::RedisConfig;
+use ratethrottle::store::{RedisStore, RedisStoreOptions};
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
+}
+
+fn required() -> bool {
+    std::env::var("RATETHROTTLE_REQUIRE_REDIS").is_ok_and(|v| v == "1")
+}
+
+/// Whether the shared Redis answers (asked once per test binary); prints
+/// SKIPPED once per test (or panics in CI) if not.
+pub fn redis_available(test: &str) -> bool {
+    static ANSWERS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *ANSWERS.get_or_init(|| {
+        ::redis::Client::open(redis_url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut c| ::redis::cmd("PING").query::<String>(&mut c))
+            .is_ok()
+    });
+    skip_unless(ok, test, &format!("no Redis at {}", redis_url()))
+}
+
+/// Whether `redis-server` and `redis-cli` can be run (private servers, cluster).
+pub fn redis_binaries(test: &str) -> bool {
+    let ok = ["redis-server", "redis-cli"].iter().all(|bin| {
+        Command::new(bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    skip_unless(ok, test, "redis-server/redis-cli not found")
+}
+
+fn skip_unless(ok: bool, test: &str, why: &str) -> bool {
+    static REPORTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    if !ok {
+        assert!(
+            !required(),
+            "{test}: {why}, and RATETHROTTLE_REQUIRE_REDIS=1"
+        );
+        // Once per test: a proptest asks for every case.
+        let mut reported = REPORTED.lock().unwrap_or_else(|e| e.into_inner());
+        if reported.iter().any(|t| t == test) {
+            return false;
+        }
+        reported.push(test.to_string());
+        // Straight to stderr: the test harness captures eprintln! of passing
+        // tests, and a skip must be seen.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: {why} (set RATETHROTTLE_REQUIRE_REDIS=1 to fail instead)"
+        );
+    }
+    ok
+}
+
+/// A key prefix no other test or process uses.
+pub fn unique_prefix(test: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "rt-test:{test}:{}:{nanos}:{}:",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The store settings the tests use: generous timeout (the machine is shared).
+pub fn redis_config(url: &str, prefix: &str) -> RedisConfig {
+    RedisConfig {
+        url: url.to_string(),
+        cluster: Vec::new(),
+        key_prefix: prefix.to_string(),
+        timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        max_connections: 50,
+    }
+}
+
+pub fn store(config: &RedisConfig, options: RedisStoreOptions) -> Arc<RedisStore> {
+    RedisStore::start(config, options).expect("redis store")
+}
+
+/// Deletes every key under `prefix` (never anything else: the server is shared).
+pub fn delete_prefix(url: &str, prefix: &str) {
+    let Ok(mut con) = ::redis::Client::open(url).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut con)
+        .unwrap_or_default();
+    for chunk in keys.chunks(500) {
+        let _: Result<u64, _> = ::redis::cmd("DEL").arg(chunk).query(&mut con);
+    }
+}
+
+/// Runs a command on the server at `url`.
+pub fn query<T: ::redis::FromRedisValue>(url: &str, cmd: &::redis::Cmd) -> ::redis::RedisResult<T> {
+    let mut con =
+        ::redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))?;
+    cmd.query(&mut con)
+}
+
+/// A port nothing listens on now (and, for cluster nodes, its bus port too).
+pub fn free_port(with_bus: bool) -> u16 {
+    for _ in 0..200 {
+        let Ok(listener) = TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = listener.local_addr() else {
+            continue;
+        };
+        let port = addr.port();
+        if !with_bus {
+            return port;
+        }
+        if port < 50_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+/// A private `redis-server` on a spare port, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(free_port(false), &[])
+    }
+
+    pub fn start_with(port: u16, extra: &[&str]) -> RedisServer {
+        let mut server = RedisServer {
+            port,
+            dir: tempfile::tempdir().expect("temp dir"),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        server.run();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--dir", &self.dir.path().to_string_lossy()])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.child = Some(child);
+        wait_until(Duration::from_secs(10), || {
+            query::<String>(&self.url(), &::redis::cmd("PING")).is_ok()
+        });
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// Kills the server at once (SIGKILL): clients see their connection drop.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.run();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn wait_until(within: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok()
+}
+
+/// Three masters, no replicas, on spare ports; stopped on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(
+                    free_port(true),
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let status = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli --cluster create");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let cluster = RedisCluster { nodes };
+        assert!(
+            cluster.wait_ok(Duration::from_secs(20)),
+            "cluster_state did not become ok"
+        );
+        cluster
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Every node says cluster_state:ok and knows all slots.
+    pub fn wait_ok(&self, within: Duration) -> bool {
+        wait_until(within, || {
+            self.nodes.iter().all(|n| {
+                query::<String>(&n.url(), ::redis::cmd("CLUSTER").arg("INFO"))
+                    .is_ok_and(|info| info.contains("cluster_state:ok"))
+            })
+        })
+    }
+
+    /// The port of the master serving `key`'s slot.
+    pub fn owner_port(&self, key: &str) -> Option<u16> {
+        let url = self.nodes.first()?.url();
+        let slot: i64 = query(&url, ::redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)).ok()?;
+        let ranges: Vec<::redis::Value> = query(&url, ::redis::cmd("CLUSTER").arg("SLOTS")).ok()?;
+        ranges.iter().find_map(|range| {
+            let ::redis::Value::Array(parts) = range else {
+                return None;
+            };
+            let int = |v: Option<&::redis::Value>| match v {
+                Some(::redis::Value::Int(n)) => Some(*n),
+                _ => None,
+            };
+            let (from, to) = (int(parts.first())?, int(parts.get(1))?);
+            let ::redis::Value::Array(master) = parts.get(2)? else {
+                return None;
+            };
+            (from <= slot && slot <= to)
+                .then(|| int(master.get(1)))?
+                .map(|p| p as u16)
+        })
+    }
+
+    /// Restarts one node with its cluster config (its slots), but no data:
+    /// what a crash of a master without persistence or replica does.
+    pub fn restart_node(&mut self, index: usize) {
+        self.nodes[index].restart();
+    }
+}
