@@ -478,3 +478,71 @@ graphql: { enabled: true, max_depth: 2 }
     .await;
     assert_eq!(got.status, 200);
 }
+
+/// Waits until the gateway's store answers (`/readyz` is 200).
+async fn wait_ready(gateway: &integration_tests::net::RunningGateway) {
+    let client = http1_client();
+    let url = format!("http://{}/readyz", gateway.admin());
+    for _ in 0..100 {
+        if send(&client, get(&url, &[])).await.status == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway never became ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_one_budget_through_redis() {
+    use integration_tests::redis::{redis_available, redis_url, unique_prefix};
+    if !redis_available("two_gateways_share_one_budget_through_redis") {
+        return;
+    }
+    let upstream = start_upstream().await;
+    let yaml = format!(
+        r#"
+server: {{ listen: 127.0.0.1:0 }}
+admin: {{ listen: 127.0.0.1:0 }}
+storage:
+  type: redis
+  redis: {{ url: "{}", key_prefix: "{}", timeout: 2s }}
+upstreams:
+  default: {{ url: "http://{{upstream}}" }}
+routes:
+  - name: graphql
+    match: {{ path: /graphql }}
+    graphql: {{ budget: {{ limit: 100, window: 1h }}, mutations_per_minute: 1 }}
+"#,
+        redis_url(),
+        unique_prefix("graphql")
+    );
+    let a = start_gateway(&yaml, Some(upstream.addr)).await;
+    let b = start_gateway(&yaml, Some(upstream.addr)).await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    let client = http1_client();
+    // 40 points each: two fit in the shared 100, the third does not, whichever gateway gets it.
+    let query = "{ a(first: 39) { b } }";
+    for (gateway, status, remaining) in [
+        (&a, 200, Some("60")),
+        (&b, 200, Some("20")),
+        (&a, 429, None),
+    ] {
+        let got = send(&client, query_post(&gateway.url("/graphql"), query, None)).await;
+        assert_eq!(got.status, status, "{:?}", got.body);
+        assert_eq!(got.header("x-graphql-budget-remaining"), remaining);
+    }
+    let got = send(
+        &client,
+        query_post(&b.url("/graphql"), "mutation { m { id } }", None),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    let got = send(
+        &client,
+        query_post(&a.url("/graphql"), "mutation { m { id } }", None),
+    )
+    .await;
+    assert_eq!(got.status, 429);
+    assert_eq!(error_code(&got), "RATE_LIMIT_EXCEEDED");
+}
