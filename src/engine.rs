@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::config::{Config, OnError};
 use crate::decision::{BlockedBy, Decision, Quota};
 use crate::identity::{self, IdentitySource};
-use crate::limit::{NANOS_PER_SEC, Nanos, Verdict};
+use crate::limit::{Limit, NANOS_PER_SEC, Nanos, Verdict};
 use crate::metrics::{DecisionCounters, DecisionKind, Histogram, LATENCY_BUCKETS, RequestCounters};
 use crate::protect::blocks::{Block, BlockReason, Blocks};
 use crate::protect::ddos::Event as DdosEvent;
@@ -27,7 +27,7 @@ use crate::protect::lists::{ListMatch, Lists};
 use crate::route::{self, RouteRequest};
 use crate::snapshot::{Rule, Snapshot};
 use crate::stats::Stats;
-use crate::store::{CounterKey, LimitCheck, Store, StoreError};
+use crate::store::{CounterKey, LimitCheck, Store, StoreError, Verdicts};
 use crate::violations::{Violation, ViolationHub};
 
 /// A request as every front end describes it.
@@ -198,9 +198,24 @@ impl Engine {
     }
 
     pub async fn decide(&self, facts: &RequestFacts<'_>) -> Decision {
+        self.decide_with_extra(facts, &[]).await.0
+    }
+
+    /// [`Engine::decide`] with limits a front end adds to the request's one
+    /// store batch (GraphQL budgets and operation rates), so they and the
+    /// route's rules are consumed all or nothing. The extra limits count the
+    /// identity of the route's first applying rule (else the client address).
+    /// When only an extra limit denies, the decision is `RateLimited` with the
+    /// extra's name as the quota's rule. Also returns the extras' verdicts, in
+    /// order (empty when the batch was not reached).
+    pub async fn decide_with_extra(
+        &self,
+        facts: &RequestFacts<'_>,
+        extra: &[ExtraCheck],
+    ) -> (Decision, Verdicts) {
         let started = Instant::now();
         let snapshot = self.snapshot.load();
-        let (decision, counters) = self.decide_with(&snapshot, facts).await;
+        let (decision, counters, extra_verdicts) = self.decide_with(&snapshot, facts, extra).await;
         let kind = match &decision {
             Decision::Allow { .. } => DecisionKind::Allowed,
             Decision::RateLimited { .. } => DecisionKind::RateLimited,
@@ -215,7 +230,7 @@ impl Engine {
             _ => self.stats.record_blocked(),
         }
         self.decision_latency.observe(started.elapsed());
-        decision
+        (decision, extra_verdicts)
     }
 
     /// The decision, and the counters of the (route, rule) it is reported under.
@@ -223,11 +238,22 @@ impl Engine {
         &self,
         snapshot: &'s Snapshot,
         facts: &RequestFacts<'_>,
-    ) -> (Decision, &'s DecisionCounters) {
+        extra: &[ExtraCheck],
+    ) -> (Decision, &'s DecisionCounters, Verdicts) {
+        let (decision, counters, verdicts) = self.decide_inner(snapshot, facts, extra).await;
+        (decision, counters, verdicts.unwrap_or_default())
+    }
+
+    async fn decide_inner<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        facts: &RequestFacts<'_>,
+        extra: &[ExtraCheck],
+    ) -> (Decision, &'s DecisionCounters, Option<Verdicts>) {
         let config = &snapshot.config;
         let unrouted = &snapshot.rules.none;
         if !config.global.enabled {
-            return (allow(None, None, Vec::new()), unrouted);
+            return (allow(None, None, Vec::new()), unrouted, None);
         }
         let now = self.clock.now();
         let client_ip = facts.client_ip.unwrap_or_else(|| {
@@ -242,7 +268,7 @@ impl Engine {
                     whitelisted: true,
                     shadow_denied: Vec::new(),
                 };
-                return (decision, unrouted);
+                return (decision, unrouted, None);
             }
             Some(ListMatch::Blacklisted { expires }) => {
                 let decision = Decision::Blocked {
@@ -250,7 +276,7 @@ impl Engine {
                     retry_after: expires
                         .map(|t| Duration::from_nanos(t.saturating_sub(now).max(1))),
                 };
-                return (decision, unrouted);
+                return (decision, unrouted, None);
             }
             None => {}
         }
@@ -259,7 +285,7 @@ impl Engine {
         if let Some(guard) = ddos.as_deref()
             && let Some(decision) = self.ddos_screen(guard, client_ip, facts.path, now)
         {
-            return (decision, unrouted);
+            return (decision, unrouted, None);
         }
         let limit_factor = ddos.as_deref().and_then(DdosGuard::limit_factor);
 
@@ -272,7 +298,7 @@ impl Engine {
         let route = match &snapshot.routes {
             Some(routes) => match route::find(routes, &route_request) {
                 Some(route) => Some(route),
-                None => return (Decision::NoRoute, unrouted),
+                None => return (Decision::NoRoute, unrouted, None),
             },
             None => None,
         };
@@ -298,12 +324,22 @@ impl Engine {
             .collect();
 
         if let Some(decision) = self.active_block(client_ip, &identities, now) {
-            return (decision, &rule_set.none);
+            return (decision, &rule_set.none, None);
         }
-        if rules.is_empty() {
-            return (allow(None, route.cloned(), Vec::new()), &rule_set.none);
+        if rules.is_empty() && extra.is_empty() {
+            return (
+                allow(None, route.cloned(), Vec::new()),
+                &rule_set.none,
+                None,
+            );
         }
 
+        // Only built when there are extra checks: plain requests allocate nothing here.
+        let extra_identity = match identities.first() {
+            _ if extra.is_empty() => String::new(),
+            Some(identity) => identity.clone(),
+            None => ip_identity(client_ip),
+        };
         let checks: SmallVec<[LimitCheck<'_>; 4]> = rules
             .iter()
             .zip(&identities)
@@ -317,21 +353,54 @@ impl Engine {
                 cost: facts.cost.max(1),
                 enforce: !rule.shadow,
             })
+            .chain(extra.iter().map(|check| LimitCheck {
+                key: CounterKey {
+                    rule: &check.name,
+                    rule_seed: check.seed,
+                    identity: &extra_identity,
+                },
+                limit: check.limit,
+                cost: check.cost.max(1),
+                enforce: true,
+            }))
             .collect();
-        let verdicts = match self.store.check(&checks, now).await {
+        let mut verdicts = match self.store.check(&checks, now).await {
             Ok(verdicts) if verdicts.len() == checks.len() => verdicts,
             Ok(_) => {
                 let error = StoreError::Protocol("wrong number of verdicts".into());
-                return (self.store_failed(snapshot, error), &rule_set.none);
+                return (self.store_failed(snapshot, error), &rule_set.none, None);
             }
-            Err(error) => return (self.store_failed(snapshot, error), &rule_set.none),
+            Err(error) => return (self.store_failed(snapshot, error), &rule_set.none, None),
         };
+        let extra_verdicts: Verdicts = verdicts.drain(rules.len()..).collect();
 
         let outcome = Outcome::of(&rules, &verdicts);
         if !outcome.allowed
             && let Some(guard) = ddos.as_deref()
         {
             guard.record(client_ip, DdosEvent::RateLimited, now);
+        }
+        // Only an extra limit denies: nothing was consumed; report that limit.
+        let extra_denied = extra
+            .iter()
+            .zip(&extra_verdicts)
+            .filter(|(_, v)| !v.allowed)
+            .max_by_key(|(_, v)| v.retry_after.unwrap_or(0));
+        if let (true, Some((check, verdict))) = (outcome.allowed, extra_denied) {
+            let decision = Decision::RateLimited {
+                quota: Quota {
+                    rule: Arc::clone(&check.name),
+                    limit: verdict.limit,
+                    remaining: verdict.remaining,
+                    reset_after: Duration::from_nanos(verdict.reset_after),
+                    window: check.window,
+                },
+                retry_after: Duration::from_nanos(verdict.retry_after.unwrap_or(1)),
+            };
+            if let Some(guard) = ddos.as_deref() {
+                guard.record(client_ip, DdosEvent::RateLimited, now);
+            }
+            return (decision, &rule_set.none, Some(extra_verdicts));
         }
         let route_name = route.map(|r| &*r.name);
         let mut shadow_denied = Vec::new();
@@ -374,7 +443,11 @@ impl Engine {
         }
 
         let Some(index) = outcome.reported else {
-            return (allow(None, route.cloned(), shadow_denied), &rule_set.none);
+            return (
+                allow(None, route.cloned(), shadow_denied),
+                &rule_set.none,
+                Some(extra_verdicts),
+            );
         };
         let counters = &rule_set.counters[applying[index]];
         let quota = quota(rules[index], &verdicts[index]);
@@ -387,7 +460,7 @@ impl Engine {
                 retry_after: Duration::from_nanos(retry),
             }
         };
-        (decision, counters)
+        (decision, counters, Some(extra_verdicts))
     }
 
     fn active_block(
@@ -396,18 +469,7 @@ impl Engine {
         identities: &[String],
         now: Nanos,
     ) -> Option<Decision> {
-        let mut ip_identity = String::with_capacity(24);
-        identity::KeySpec::ip().identity_into(
-            &IdentitySource {
-                client_ip,
-                method: "",
-                path: "",
-                query: None,
-                headers: &HeaderMap::new(),
-                route: None,
-            },
-            &mut ip_identity,
-        );
+        let ip_identity = ip_identity(client_ip);
         std::iter::once(&ip_identity)
             .chain(identities)
             .filter_map(|id| self.blocks.active(id, now))
@@ -536,6 +598,36 @@ pub enum CheckRuleError {
     UnknownRule(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The identity `key: ip` gives this client.
+fn ip_identity(client_ip: IpAddr) -> String {
+    let mut out = String::with_capacity(24);
+    identity::KeySpec::ip().identity_into(
+        &IdentitySource {
+            client_ip,
+            method: "",
+            path: "",
+            query: None,
+            headers: &HeaderMap::new(),
+            route: None,
+        },
+        &mut out,
+    );
+    out
+}
+
+/// A limit a front end adds to a request's store batch (see
+/// [`Engine::decide_with_extra`]): not a configured rule, but counted the same way.
+#[derive(Debug, Clone)]
+pub struct ExtraCheck {
+    /// Reported as the quota's rule when this limit denies.
+    pub name: Arc<str>,
+    /// Names the counter, as [`Rule::seed`] does: stable across reloads and processes.
+    pub seed: u64,
+    pub limit: Limit,
+    pub cost: u64,
+    pub window: Duration,
 }
 
 /// The answer for a held block.

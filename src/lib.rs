@@ -18,6 +18,7 @@ pub mod decision;
 pub mod descriptors;
 pub mod engine;
 pub mod frontend;
+pub mod graphql;
 pub mod identity;
 pub mod limit;
 pub mod metrics;

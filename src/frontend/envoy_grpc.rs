@@ -121,13 +121,85 @@ impl Authorization for EnvoyGrpc {
                 headers: &checked.headers,
                 cost: 1,
             };
-            self.engine.decide(&facts).await
+            // GraphQL routes: the body Envoy sent, analysed as the proxy does.
+            let graphql = match graphql_charge(&self.engine, &facts, request.get_ref()) {
+                Ok(charge) => charge,
+                Err(error) => return Ok(Response::new(graphql_denied(&error))),
+            };
+            let extra = graphql.as_ref().map_or(&[][..], |charge| charge.checks());
+            let (decision, extra_verdicts) = self.engine.decide_with_extra(&facts, extra).await;
+            (decision, graphql, extra_verdicts)
         };
-        Ok(Response::new(check_response(
-            &decision,
-            self.header_options(),
-            self.engine.now(),
-        )))
+        let (decision, graphql, extra_verdicts) = decision;
+        let (options, now) = (self.header_options(), self.engine.now());
+        let mut response = match graphql
+            .as_ref()
+            .and_then(|c| c.rejection(&decision, options, now))
+        {
+            Some(rejection) => denied(
+                rpc_status(GrpcCode::ResourceExhausted, "graphql rate limited".into()),
+                &rejection,
+            ),
+            None => check_response(&decision, options, now),
+        };
+        if let (Some(charge), Some(HttpResponse::OkResponse(ok))) =
+            (&graphql, response.http_response.as_mut())
+        {
+            let mut headers = HeaderMap::new();
+            charge.add_headers(&mut headers, &extra_verdicts);
+            ok.headers.extend(header_options(&headers));
+            ok.response_headers_to_add.extend(header_options(&headers));
+        }
+        Ok(Response::new(response))
+    }
+}
+
+/// The GraphQL charge of a check whose route has a `graphql` block, from the
+/// body Envoy sent (`raw_body` when it packs bytes, else `body`).
+fn graphql_charge(
+    engine: &Engine,
+    facts: &RequestFacts<'_>,
+    request: &CheckRequest,
+) -> Result<Option<crate::graphql::Charge>, crate::graphql::GraphqlError> {
+    let http = request
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    let body: &[u8] = match http {
+        Some(http) if !http.raw_body.is_empty() => &http.raw_body,
+        Some(http) => http.body.as_bytes(),
+        None => &[],
+    };
+    let target = crate::graphql::Target {
+        peer: facts.peer,
+        client_ip: facts.client_ip,
+        method: facts.method,
+        host: facts.host,
+        path: facts.path,
+        headers: facts.headers,
+    };
+    crate::graphql::check_envoy_body(engine, &target, facts.query, body)
+}
+
+/// A GraphQL request the gateway refuses before counting it (400).
+fn graphql_denied(error: &crate::graphql::GraphqlError) -> CheckResponse {
+    let status = rpc_status(GrpcCode::InvalidArgument, error.message.clone());
+    denied(status, &error.rejection())
+}
+
+fn denied(status: RpcStatus, rejection: &respond::Rejection) -> CheckResponse {
+    let denied = DeniedHttpResponse {
+        status: Some(HttpStatus {
+            code: i32::from(rejection.status.as_u16()),
+        }),
+        headers: header_options(&rejection.headers),
+        body: String::from_utf8_lossy(&rejection.body).into_owned(),
+    };
+    CheckResponse {
+        status: Some(status),
+        http_response: Some(HttpResponse::DeniedResponse(denied)),
+        ..CheckResponse::default()
     }
 }
 

@@ -40,13 +40,14 @@ impl Handler for EnvoyHttp {
         };
         let (parts, incoming) = request.into_parts();
         // Envoy may send the body (`with_request_body`); read it so the
-        // connection stays reusable. Rules do not look at it.
+        // connection stays reusable. Only GraphQL routes look at it.
         let max_body = config.server.as_ref().map_or(MAX_CHECK_BODY, |s| {
             usize::try_from(s.max_body_bytes).unwrap_or(MAX_CHECK_BODY)
         });
-        if Limited::new(incoming, max_body).collect().await.is_err() {
-            return plain(StatusCode::PAYLOAD_TOO_LARGE);
-        }
+        let body = match Limited::new(incoming, max_body).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE),
+        };
 
         let full_path = parts.uri.path();
         let path = strip_prefix(full_path, prefix);
@@ -65,8 +66,19 @@ impl Handler for EnvoyHttp {
             headers: &parts.headers,
             cost: 1,
         };
-        let decision = self.engine.decide(&facts).await;
+        let graphql = match graphql_charge(&self.engine, &facts, &body) {
+            Ok(charge) => charge,
+            Err(rejection) => return rejection,
+        };
+        let extra = graphql.as_ref().map_or(&[][..], |charge| charge.checks());
+        let (decision, extra_verdicts) = self.engine.decide_with_extra(&facts, extra).await;
         let now = self.engine.now();
+        if let Some(rejection) = graphql
+            .as_ref()
+            .and_then(|c| c.rejection(&decision, options, now))
+        {
+            return rejected(rejection);
+        }
         match &decision {
             // With routes and none matching, Envoy routes: we only limit.
             Decision::NoRoute => plain(StatusCode::OK),
@@ -75,19 +87,43 @@ impl Handler for EnvoyHttp {
                 if let Some(quota) = quota {
                     respond::add_quota_headers(response.headers_mut(), quota, options, now);
                 }
+                if let Some(charge) = &graphql {
+                    charge.add_headers(response.headers_mut(), &extra_verdicts);
+                }
                 response
             }
             _ => match respond::rejection(&decision, options, now) {
-                Some(rejection) => {
-                    let mut response = Response::new(body::full(rejection.body));
-                    *response.status_mut() = rejection.status;
-                    *response.headers_mut() = rejection.headers;
-                    response
-                }
+                Some(rejection) => rejected(rejection),
                 None => plain(StatusCode::OK),
             },
         }
     }
+}
+
+/// GraphQL routes: the body Envoy sent, analysed as the proxy does (src/graphql/).
+#[allow(clippy::result_large_err)]
+fn graphql_charge(
+    engine: &Engine,
+    facts: &RequestFacts<'_>,
+    body: &bytes::Bytes,
+) -> Result<Option<crate::graphql::Charge>, Response<Body>> {
+    let target = crate::graphql::Target {
+        peer: facts.peer,
+        client_ip: facts.client_ip,
+        method: facts.method,
+        host: facts.host,
+        path: facts.path,
+        headers: facts.headers,
+    };
+    crate::graphql::check_envoy_body(engine, &target, facts.query, body)
+        .map_err(|error| rejected(error.rejection()))
+}
+
+fn rejected(rejection: respond::Rejection) -> Response<Body> {
+    let mut response = Response::new(body::full(rejection.body));
+    *response.status_mut() = rejection.status;
+    *response.headers_mut() = rejection.headers;
+    response
 }
 
 fn plain(status: StatusCode) -> Response<Body> {

@@ -13,9 +13,10 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::respond::{self, HeaderOptions, Rejection};
-use crate::body::{self, Body};
+use crate::body::{self, Body, BoxError};
 use crate::decision::Decision;
 use crate::engine::{Engine, RequestFacts};
+use crate::graphql::{Charge, Gate};
 use crate::metrics::ServerMetrics;
 use crate::protect::ddos::Event as DdosEvent;
 use crate::server::{ConnInfo, Handler};
@@ -47,14 +48,28 @@ pub struct Proxy {
 impl Handler for Proxy {
     async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
-        let response = self.proxy(request, conn).await;
+        // GraphQL routes: the body is read and analysed first (src/graphql/).
+        let response = match crate::graphql::gate(&self.engine, request, conn.peer.ip()).await {
+            Gate::Pass(request) => self.proxy(request, conn, None).await,
+            Gate::Analysed(request, charge) => self.proxy(request, conn, charge.as_ref()).await,
+            Gate::Reject(rejection) => reply(rejection),
+        };
         self.metrics.request_duration.observe(started.elapsed());
         response
     }
 }
 
 impl Proxy {
-    async fn proxy(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    async fn proxy<B>(
+        &self,
+        request: Request<B>,
+        conn: ConnInfo,
+        graphql: Option<&Charge>,
+    ) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
         let snapshot = self.engine.snapshot();
         let config = &snapshot.config;
         let options = HeaderOptions {
@@ -102,10 +117,15 @@ impl Proxy {
                 headers: request.headers(),
                 cost: 1,
             };
-            self.engine.decide(&facts).await
+            let extra = graphql.map_or(&[][..], |charge| charge.checks());
+            self.engine.decide_with_extra(&facts, extra).await
         };
+        let (decision, extra_verdicts) = decision;
         let now = self.engine.now();
-        if let Some(rejection) = respond::rejection(&decision, options, now) {
+        let graphql_rejection = graphql.and_then(|c| c.rejection(&decision, options, now));
+        if let Some(rejection) =
+            graphql_rejection.or_else(|| respond::rejection(&decision, options, now))
+        {
             return reply(rejection);
         }
         let Decision::Allow { quota, route, .. } = decision else {
@@ -151,6 +171,9 @@ impl Proxy {
         *response.version_mut() = client_version;
         if let Some(quota) = &quota {
             respond::add_quota_headers(response.headers_mut(), quota, options, now);
+        }
+        if let Some(charge) = graphql {
+            charge.add_headers(response.headers_mut(), &extra_verdicts);
         }
         response
     }
@@ -206,13 +229,17 @@ fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
 /// The request as the upstream sees it: hop-by-hop headers removed,
 /// forwarding headers set, the body streamed within `max_body`. The URI is
 /// left as it came: [`Upstreams::send`] points it at the upstream.
-fn forwarded_request(
-    request: Request<Incoming>,
+fn forwarded_request<B>(
+    request: Request<B>,
     conn: ConnInfo,
     host: Option<HeaderValue>,
     trusted_peer: bool,
     max_body: u64,
-) -> Request<Body> {
+) -> Request<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
     let (mut parts, incoming) = request.into_parts();
     // Let the client library pick the upstream's protocol version.
     parts.version = http::Version::HTTP_11;
@@ -245,7 +272,7 @@ fn forwarded_request(
     }
 
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let body = body::stream(Limited::new(incoming, limit).map_err(|e| e as crate::body::BoxError));
+    let body = body::stream(Limited::new(incoming, limit).map_err(|e| e as BoxError));
     Request::from_parts(parts, body)
 }
 
