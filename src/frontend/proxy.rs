@@ -12,6 +12,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use super::concurrency::InFlight;
+use super::grpc;
+use super::passthrough::{Admission, Kind, SendError};
 use super::respond::{self, HeaderOptions, Rejection};
 use crate::body::{self, Body};
 use crate::decision::Decision;
@@ -41,19 +44,30 @@ pub struct Proxy {
     pub engine: Arc<Engine>,
     pub upstreams: Arc<ArcSwap<Upstreams>>,
     pub metrics: Arc<ServerMetrics>,
+    /// Open WebSocket connections and gRPC calls per identity (this instance).
+    pub inflight: Arc<InFlight>,
 }
+
+/// Marks a response the gateway made itself (not the upstream's), so a gRPC
+/// caller can get it as a gRPC status instead.
+#[derive(Debug, Clone, Copy)]
+struct GatewayAnswer;
 
 impl Handler for Proxy {
     async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
-        let response = self.proxy(request, conn).await;
+        let grpc = grpc::is_grpc(request.headers());
+        let mut response = self.proxy(request, conn).await;
+        if grpc && response.extensions().get::<GatewayAnswer>().is_some() {
+            response = grpc::from_gateway_answer(response.status(), response.headers().clone());
+        }
         self.metrics.request_duration.observe(started.elapsed());
         response
     }
 }
 
 impl Proxy {
-    async fn proxy(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    async fn proxy(&self, mut request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let snapshot = self.engine.snapshot();
         let config = &snapshot.config;
         let options = HeaderOptions {
@@ -74,6 +88,7 @@ impl Proxy {
         // A cheap reference-counted copy: the request itself moves on upstream.
         let host = request_host(&request);
         let client_version = request.version();
+        let kind = Kind::of(&request);
         let decision = {
             let facts = RequestFacts {
                 peer: conn.peer.ip(),
@@ -89,9 +104,18 @@ impl Proxy {
         };
         let now = self.engine.now();
         if let Some(rejection) = respond::rejection(&decision, options, now) {
-            return reply(rejection);
+            return match kind {
+                Kind::Grpc => grpc::rejection(&decision, rejection),
+                _ => reply(rejection),
+            };
         }
-        let Decision::Allow { quota, route, .. } = decision else {
+        let Decision::Allow {
+            quota,
+            route,
+            whitelisted,
+            ..
+        } = decision
+        else {
             return reply(Rejection::json(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 r#"{"error":"internal"}"#.into(),
@@ -114,12 +138,33 @@ impl Proxy {
             .trusted_proxies
             .iter()
             .any(|net| net.contains(&conn.peer.ip()));
-        let outgoing = forwarded_request(request, conn, host, trusted, max_body);
-        let upstreams = self.upstreams.load_full();
-        let mut response = match upstreams.send(&upstream_name, outgoing).await {
-            Ok(response) => response.map(body::stream),
-            Err(error) => return reply(self.upstream_failed(&upstream_name, &error, max_body)),
+        let admission = Admission {
+            engine: &self.engine,
+            snapshot: &snapshot,
+            inflight: &self.inflight,
+            route: route.as_deref(),
+            exempt: whitelisted || !config.global.enabled,
+            client_ip: crate::identity::client_ip(
+                conn.peer.ip(),
+                request.headers(),
+                &config.global.trusted_proxies,
+            ),
         };
+        let mut passthrough = match admission.admit(kind, &mut request).await {
+            Ok(passthrough) => passthrough,
+            Err(decision) => return self.protocol_rejection(kind, &decision, options),
+        };
+        let mut outgoing = forwarded_request(request, conn, host, trusted, max_body);
+        passthrough.prepare(&mut outgoing, &self.engine);
+        let upstreams = self.upstreams.load_full();
+        let response = match passthrough.send(&upstreams, &upstream_name, outgoing).await {
+            Ok(response) => response,
+            Err(SendError::Upstream(error)) => {
+                return reply(self.upstream_failed(&upstream_name, &error, max_body));
+            }
+            Err(SendError::StreamExhausted(trailers)) => return grpc::exhausted_response(trailers),
+        };
+        let mut response = passthrough.finish(response, &self.engine);
         strip_hop_by_hop(response.headers_mut());
         // The client speaks its own version with us, whatever the upstream spoke (e.g. HTTP/1.0).
         *response.version_mut() = client_version;
@@ -127,6 +172,24 @@ impl Proxy {
             respond::add_quota_headers(response.headers_mut(), quota, options, now);
         }
         response
+    }
+
+    /// A WebSocket handshake or gRPC call over one of its route's protocol limits.
+    fn protocol_rejection(
+        &self,
+        kind: Kind,
+        decision: &Decision,
+        options: HeaderOptions,
+    ) -> Response<Body> {
+        let rejection = respond::rejection(decision, options, self.engine.now());
+        match (kind, rejection) {
+            (Kind::Grpc, Some(rejection)) => grpc::rejection(decision, rejection),
+            (_, Some(rejection)) => reply(rejection),
+            (_, None) => reply(Rejection::json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"error":"internal"}"#.into(),
+            )),
+        }
     }
 
     fn upstream_failed(&self, upstream: &str, error: &UpstreamError, max_body: u64) -> Rejection {
@@ -149,6 +212,7 @@ fn reply(rejection: Rejection) -> Response<Body> {
     let mut response = Response::new(body::full(rejection.body));
     *response.status_mut() = rejection.status;
     *response.headers_mut() = rejection.headers;
+    response.extensions_mut().insert(GatewayAnswer);
     response
 }
 

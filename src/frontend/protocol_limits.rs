@@ -1,0 +1,114 @@
+//! Per-identity limits of routes' `websocket` and `grpc` blocks, answered as
+//! engine decisions so every front end renders them its own way (429 before
+//! a WebSocket upgrade, `grpc-status: 8` for gRPC).
+//!
+//! Rates go through the engine's store (shared by every instance when the
+//! store is Redis); concurrency is an in-process count ([`super::concurrency`]).
+
+use std::hash::Hasher;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use siphasher::sip::SipHasher13;
+
+use crate::decision::{Decision, Quota};
+use crate::engine::Engine;
+use crate::limit::{Limit, NANOS_PER_SEC};
+use crate::snapshot::Snapshot;
+use crate::store::{CounterKey, LimitCheck};
+
+/// Every protocol rate here is per minute.
+pub const MINUTE: Duration = Duration::from_secs(60);
+
+/// What a concurrency rejection tells the caller to wait: slots free up as
+/// soon as something closes, so a short, honest guess.
+const CONCURRENCY_RETRY: Duration = Duration::from_secs(1);
+
+/// The name a protocol limit is reported and counted under:
+/// `chat.websocket.connections_per_minute`.
+pub fn limit_name(route: Option<&str>, protocol: &str, key: &str) -> String {
+    match route {
+        Some(route) => format!("{route}.{protocol}.{key}"),
+        None => format!("{protocol}.{key}"),
+    }
+}
+
+/// The identity protocol limits count: the client address, as the `ip` key.
+pub fn identity(client_ip: IpAddr) -> String {
+    format!("ip:{client_ip}")
+}
+
+/// Checks `limit` per minute for `identity` under `name` in the engine's
+/// store, with the configured default strategy. `None` when allowed;
+/// otherwise the rejection (or, with the store down and `on_error: deny`,
+/// `Unavailable`).
+pub async fn per_minute(
+    engine: &Engine,
+    snapshot: &Snapshot,
+    name: &str,
+    identity: &str,
+    limit: u64,
+) -> Option<Decision> {
+    let strategy = snapshot.config.global.default_strategy;
+    let window = MINUTE.as_nanos() as u64;
+    let check = [LimitCheck {
+        key: CounterKey {
+            rule: name,
+            rule_seed: seed(name, strategy.as_str()),
+            identity,
+        },
+        limit: Limit::new(strategy, limit, window, None),
+        cost: 1,
+        enforce: true,
+    }];
+    let verdict = match engine.store().check(&check, engine.now()).await {
+        Ok(verdicts) => verdicts.into_iter().next()?,
+        Err(error) => {
+            tracing::debug!(%error, limit = name, "store check for a protocol limit failed");
+            return match snapshot.on_error() {
+                crate::config::OnError::Allow => None,
+                crate::config::OnError::Deny => Some(Decision::Unavailable {
+                    retry_after: Duration::from_secs(1),
+                }),
+            };
+        }
+    };
+    if verdict.allowed {
+        return None;
+    }
+    Some(Decision::RateLimited {
+        quota: Quota {
+            rule: Arc::from(name),
+            limit: verdict.limit,
+            remaining: verdict.remaining,
+            reset_after: Duration::from_nanos(verdict.reset_after),
+            window: MINUTE,
+        },
+        retry_after: Duration::from_nanos(verdict.retry_after.unwrap_or(NANOS_PER_SEC)),
+    })
+}
+
+/// The rejection for a concurrency cap `max` that is full.
+pub fn concurrency_exceeded(name: &str, max: u64) -> Decision {
+    Decision::RateLimited {
+        quota: Quota {
+            rule: Arc::from(name),
+            limit: max,
+            remaining: 0,
+            reset_after: CONCURRENCY_RETRY,
+            window: CONCURRENCY_RETRY,
+        },
+        retry_after: CONCURRENCY_RETRY,
+    }
+}
+
+/// Names these counters in the store, like a rule's seed: stable across
+/// processes (fixed keys) so instances sharing Redis share the counter.
+fn seed(name: &str, strategy: &str) -> u64 {
+    let mut hasher = SipHasher13::new_with_keys(0x7072_6f74, 0x6f63_6f6c);
+    for part in [name, "\0", strategy] {
+        hasher.write(part.as_bytes());
+    }
+    hasher.finish()
+}
