@@ -157,15 +157,16 @@ impl Proxy {
         let mut outgoing = forwarded_request(request, conn, host, trusted, max_body);
         passthrough.prepare(&mut outgoing, &self.engine);
         let upstreams = self.upstreams.load_full();
-        let response = match passthrough.send(&upstreams, &upstream_name, outgoing).await {
+        let mut response = match passthrough.send(&upstreams, &upstream_name, outgoing).await {
             Ok(response) => response,
             Err(SendError::Upstream(error)) => {
                 return reply(self.upstream_failed(&upstream_name, &error, max_body));
             }
             Err(SendError::StreamExhausted(trailers)) => return grpc::exhausted_response(trailers),
         };
-        let mut response = passthrough.finish(response, &self.engine);
         strip_hop_by_hop(response.headers_mut());
+        // After the stripping: a WebSocket 101 gets its Upgrade headers back.
+        let mut response = passthrough.finish(response, &self.engine);
         // The client speaks its own version with us, whatever the upstream spoke (e.g. HTTP/1.0).
         *response.version_mut() = client_version;
         if let Some(quota) = &quota {
