@@ -2,6 +2,7 @@
 //! manual clock, describe requests tersely, run the CLI in-process, and (in
 //! [`net`]) start real gateways, upstreams and clients on 127.0.0.1.
 
+pub mod grpc;
 pub mod net;
 pub mod ws;
 
