@@ -36,7 +36,9 @@ fn main() {
 
 /// A WebSocket echo server and the gRPC `test.Echo` service, until killed.
 async fn serve(ws_port: u16, grpc_port: u16) {
-    let ws = TcpListener::bind(("127.0.0.1", ws_port)).await.expect("bind ws");
+    let ws = TcpListener::bind(("127.0.0.1", ws_port))
+        .await
+        .expect("bind ws");
     tokio::spawn(async move {
         while let Ok((stream, _)) = ws.accept().await {
             let _ = stream.set_nodelay(true);

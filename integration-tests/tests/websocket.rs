@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use integration_tests::net::{RunningGateway, localhost_certificate, start_gateway};
+use integration_tests::net::{
+    RunningGateway, get, http1_client, localhost_certificate, send, start_gateway,
+};
 use integration_tests::ws::{EchoServer, raw_upstream, read_head, read_n, start_echo_server};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -244,6 +246,14 @@ async fn connections_per_minute_is_answered_with_429_before_upgrading() {
     assert_eq!(body["error"], "rate_limited");
     assert_eq!(body["rule"], "chat.websocket.connections_per_minute");
     assert!(body["retry_after"].as_u64().unwrap() >= 1);
+    // Reported like a rule's violation.
+    let admin = format!("http://{}/violations?limit=5", gateway.admin());
+    let got = send(&http1_client(), get(&admin, &[])).await;
+    let text = String::from_utf8_lossy(&got.body);
+    assert!(
+        text.contains("chat.websocket.connections_per_minute"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

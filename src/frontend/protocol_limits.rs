@@ -17,6 +17,7 @@ use crate::engine::Engine;
 use crate::limit::{Limit, NANOS_PER_SEC};
 use crate::snapshot::Snapshot;
 use crate::store::{CounterKey, LimitCheck};
+use crate::violations::Violation;
 
 /// Every protocol rate here is per minute.
 pub const MINUTE: Duration = Duration::from_secs(60);
@@ -39,6 +40,30 @@ pub fn identity(client_ip: IpAddr) -> String {
     format!("ip:{client_ip}")
 }
 
+/// Who a protocol limit is checked for, for the violation report.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub client_ip: IpAddr,
+    pub route: Option<&'a str>,
+}
+
+/// Reports a protocol-limit rejection like a rule's: in `/stats`
+/// (recent violations, top offenders) and to violation subscribers.
+fn report(engine: &Engine, caller: Caller<'_>, name: &str, identity: &str, limit: u64, made: u64) {
+    let violation = Violation {
+        time: engine.now() as f64 / NANOS_PER_SEC as f64,
+        identity: identity.to_string(),
+        client_ip: caller.client_ip,
+        rule: name.to_string(),
+        route: caller.route.map(str::to_string),
+        requests_made: made,
+        limit,
+        shadow: false,
+    };
+    engine.stats().record_violation(&violation);
+    engine.violation_hub().publish(violation);
+}
+
 /// Checks `limit` per minute for `identity` under `name` in the engine's
 /// store, with the configured default strategy. `None` when allowed;
 /// otherwise the rejection (or, with the store down and `on_error: deny`,
@@ -46,6 +71,7 @@ pub fn identity(client_ip: IpAddr) -> String {
 pub async fn per_minute(
     engine: &Engine,
     snapshot: &Snapshot,
+    caller: Caller<'_>,
     name: &str,
     identity: &str,
     limit: u64,
@@ -77,6 +103,8 @@ pub async fn per_minute(
     if verdict.allowed {
         return None;
     }
+    let made = verdict.limit.saturating_sub(verdict.remaining) + 1;
+    report(engine, caller, name, identity, verdict.limit, made);
     Some(Decision::RateLimited {
         quota: Quota {
             rule: Arc::from(name),
@@ -89,8 +117,15 @@ pub async fn per_minute(
     })
 }
 
-/// The rejection for a concurrency cap `max` that is full.
-pub fn concurrency_exceeded(name: &str, max: u64) -> Decision {
+/// The rejection for a concurrency cap `max` that is full (and its report).
+pub fn concurrency_exceeded(
+    engine: &Engine,
+    caller: Caller<'_>,
+    name: &str,
+    identity: &str,
+    max: u64,
+) -> Decision {
+    report(engine, caller, name, identity, max, max + 1);
     Decision::RateLimited {
         quota: Quota {
             rule: Arc::from(name),

@@ -15,7 +15,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use super::concurrency::{InFlight, InFlightGuard};
-use super::protocol_limits::{self, concurrency_exceeded, limit_name, per_minute};
+use super::protocol_limits::{self, Caller, concurrency_exceeded, limit_name, per_minute};
 use super::respond::Rejection;
 use crate::body::{self, Body};
 use crate::config::GrpcLimits;
@@ -77,12 +77,13 @@ pub async fn admit(
     path: &str,
 ) -> Result<Admitted, Decision> {
     let identity = protocol_limits::identity(client_ip);
+    let caller = Caller { client_ip, route };
     let guard = match limits.concurrent_requests {
         Some(max) => {
             let name = limit_name(route, "grpc", "concurrent_requests");
             match inflight.try_acquire(&format!("{name}\0{identity}"), max) {
                 Some(guard) => Some(guard),
-                None => return Err(concurrency_exceeded(&name, max)),
+                None => return Err(concurrency_exceeded(engine, caller, &name, &identity, max)),
             }
         }
         None => None,
@@ -94,7 +95,8 @@ pub async fn admit(
         } else {
             identity
         };
-        if let Some(rejection) = per_minute(engine, snapshot, &name, &identity, limit).await {
+        if let Some(rejection) = per_minute(engine, snapshot, caller, &name, &identity, limit).await
+        {
             return Err(rejection);
         }
     }

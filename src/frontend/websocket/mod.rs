@@ -17,7 +17,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::concurrency::{InFlight, InFlightGuard};
-use super::protocol_limits::{self, concurrency_exceeded, limit_name, per_minute};
+use super::protocol_limits::{self, Caller, concurrency_exceeded, limit_name, per_minute};
 use crate::config::WebSocketLimits;
 use crate::decision::Decision;
 use crate::engine::Engine;
@@ -82,20 +82,22 @@ pub async fn admit(
     client_ip: IpAddr,
 ) -> Result<Admitted, Decision> {
     let identity = protocol_limits::identity(client_ip);
+    let caller = Caller { client_ip, route };
     let guard = match limits.max_concurrent_connections {
         Some(max) => {
             let name = limit_name(route, "websocket", "max_concurrent_connections");
             let key = format!("{name}\0{identity}");
             match inflight.try_acquire(&key, max) {
                 Some(guard) => Some(guard),
-                None => return Err(concurrency_exceeded(&name, max)),
+                None => return Err(concurrency_exceeded(engine, caller, &name, &identity, max)),
             }
         }
         None => None,
     };
     if let Some(limit) = limits.connections_per_minute {
         let name = limit_name(route, "websocket", "connections_per_minute");
-        if let Some(rejection) = per_minute(engine, snapshot, &name, &identity, limit).await {
+        if let Some(rejection) = per_minute(engine, snapshot, caller, &name, &identity, limit).await
+        {
             return Err(rejection);
         }
     }
