@@ -339,4 +339,59 @@ mod tests {
                 .contains("stream_messages_per_minute")
         );
     }
+
+    /// A body that yields the given frames, then ends.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl HttpBody for Frames {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.get_mut().0.pop_front().map(Ok))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_response_ends_with_status_8_at_the_next_message_boundary() {
+        let stream: Vec<u8> = [message(4), message(6), message(2)].concat();
+        let (first, second) = stream.split_at(12); // mid second message
+        let mut upstream_trailers = HeaderMap::new();
+        upstream_trailers.insert(GRPC_STATUS, HeaderValue::from_static("1"));
+        let frames = Frames(
+            [
+                Frame::data(Bytes::copy_from_slice(first)),
+                Frame::data(Bytes::copy_from_slice(second)),
+                Frame::trailers(upstream_trailers),
+            ]
+            .into(),
+        );
+        let shared = Arc::new(StreamState::default());
+        let mut body =
+            StreamGuard::new(crate::body::stream(frames), Some(Arc::clone(&shared)), None);
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            first
+        );
+        shared.exhaust("over the rate".into());
+        // The message under way is finished first...
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            second
+        );
+        // ...then the call ends with the gateway's status, not the upstream's.
+        let trailers = body
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_trailers()
+            .unwrap();
+        assert_eq!(trailers[GRPC_STATUS], "8");
+        assert_eq!(trailers[GRPC_MESSAGE], "over the rate");
+        assert!(body.frame().await.is_none());
+    }
 }
