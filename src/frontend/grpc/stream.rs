@@ -208,6 +208,14 @@ impl HttpBody for MessageCounter {
         }
         Poll::Ready(Some(Ok(Frame::data(allowed))))
     }
+
+    fn is_end_stream(&self) -> bool {
+        self.tail.is_none() && !self.cut && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The response body on its way to the client: holds the call's in-flight
@@ -282,7 +290,11 @@ impl HttpBody for StreamGuard {
     }
 
     fn is_end_stream(&self) -> bool {
+        // An upstream's trailers-only answer stays one: unless our status is
+        // still to be sent, the inner body's end is ours.
         self.done
+            || (self.inner.is_end_stream()
+                && !self.shared.as_ref().is_some_and(|s| s.is_exhausted_now()))
     }
 }
 
