@@ -359,6 +359,26 @@ async fn permessage_deflate_frames_pass_byte_for_byte_and_count_as_sent() {
     let reply = [&[0xC1, compressed.len() as u8][..], &compressed].concat();
     upstream.write_all(&reply).await.unwrap();
     assert_eq!(read_n(&mut client, reply.len()).await, reply);
+
+    // 1000 zero bytes deflated to 11: far over max_message_size once
+    // inflated, but counted as sent, so it passes untouched.
+    let zeros = [
+        0x62, 0x60, 0x18, 0x05, 0xa3, 0x60, 0x14, 0x0c, 0x77, 0x00, 0x00,
+    ];
+    let mut frame = vec![0xC2, 0x80 | zeros.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(zeros.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    client.write_all(&frame).await.unwrap();
+    assert_eq!(read_n(&mut upstream, frame.len()).await, frame);
+
+    // A compressed payload of 65 bytes as sent is over the 64-byte maximum.
+    let mut frame = vec![0xC2, 0x80 | 65];
+    frame.extend_from_slice(&mask);
+    frame.extend(std::iter::repeat_n(0x55, 65));
+    client.write_all(&frame).await.unwrap();
+    let close = read_n(&mut client, 4).await;
+    assert_eq!(close[0], 0x88);
+    assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1009);
 }
 
 #[tokio::test]
