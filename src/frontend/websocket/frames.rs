@@ -332,4 +332,48 @@ mod tests {
         let long = close_frame(1008, &"x".repeat(500), None);
         assert_eq!(long.len(), 2 + 125);
     }
+
+    proptest::proptest! {
+        /// Whatever the bytes and however they are cut into reads, the
+        /// scanner never panics, never claims more bytes than it was given,
+        /// and finds the same frames as when it sees everything at once.
+        #[test]
+        fn any_bytes_in_any_chunks_scan_without_panicking(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            cuts in proptest::collection::vec(1usize..40, 0..20),
+            masked in proptest::bool::ANY,
+        ) {
+            let whole = headers(&mut Scanner::new(masked), &bytes);
+            let mut scanner = Scanner::new(masked);
+            let mut found = Vec::new();
+            let mut error = None;
+            let (mut start, mut end) = (0, 0);
+            let mut cuts = cuts.into_iter();
+            'reads: while end < bytes.len() {
+                end = (end + cuts.next().unwrap_or(bytes.len())).min(bytes.len());
+                loop {
+                    match scanner.scan(&bytes[start..end]) {
+                        Ok(Scan::Payload(n)) => {
+                            proptest::prop_assert!(n > 0 && start + n <= end);
+                            start += n;
+                        }
+                        Ok(Scan::Header(h)) => {
+                            proptest::prop_assert!(start + h.header_len <= end);
+                            start += h.header_len;
+                            found.push(h);
+                        }
+                        Ok(Scan::Incomplete) => continue 'reads,
+                        Err(e) => {
+                            error = Some(e);
+                            break 'reads;
+                        }
+                    }
+                }
+            }
+            match whole {
+                Ok(all) => proptest::prop_assert_eq!(all, found),
+                Err(e) => proptest::prop_assert_eq!(Some(e), error),
+            }
+        }
+    }
 }
