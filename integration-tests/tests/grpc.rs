@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use integration_tests::grpc::{EchoClient, EchoServer, drain, feed, start_echo_service};
-use integration_tests::net::{RunningGateway, localhost_certificate, start_gateway};
+use integration_tests::net::{
+    RunningGateway, get, http1_client, localhost_certificate, send, start_gateway,
+};
 use tonic::{Code, Request, Status};
 
 fn config(grpc: &str) -> String {
@@ -292,7 +294,7 @@ async fn concurrent_requests_counts_calls_in_flight() {
 
 #[tokio::test]
 async fn a_bidirectional_stream_over_its_message_rate_ends_with_status_8() {
-    let (upstream, _gateway, mut client) = setup("{ stream_messages_per_minute: 3 }").await;
+    let (upstream, gateway, mut client) = setup("{ stream_messages_per_minute: 3 }").await;
     let (tx, rx) = feed();
     let mut chat = client.chat(rx).await.unwrap().into_inner();
     for i in 0..3u8 {
@@ -309,6 +311,14 @@ async fn a_bidirectional_stream_over_its_message_rate_ends_with_status_8() {
     );
     // The upstream never got the message over the rate.
     assert_eq!(upstream.seen.all(), [vec![0u8], vec![1], vec![2]]);
+    // Reported like a rule's violation.
+    let admin = format!("http://{}/violations?limit=5", gateway.admin());
+    let got = send(&http1_client(), get(&admin, &[])).await;
+    let text = String::from_utf8_lossy(&got.body);
+    assert!(
+        text.contains("echo.grpc.stream_messages_per_minute"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -190,6 +190,27 @@ async fn over_messages_per_minute_both_sides_get_1008() {
     }
     // The upstream never sees the message over the rate, only the close.
     assert_eq!(close_code(Some(seen(&mut upstream).await)).0, 1008);
+    // Reported like a rule's violation once the connection is gone.
+    drop(ws);
+    assert_reported(&gateway, "chat.websocket.messages_per_minute").await;
+}
+
+/// Waits (up to 5 s) for `/violations` to name `limit`.
+async fn assert_reported(gateway: &RunningGateway, limit: &str) {
+    let admin = format!("http://{}/violations?limit=5", gateway.admin());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = send(&http1_client(), get(&admin, &[])).await;
+        let text = String::from_utf8_lossy(&got.body).into_owned();
+        if text.contains(limit) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{limit} not in {text}"
+        );
+        tokio::task::yield_now().await;
+    }
 }
 
 #[tokio::test]
@@ -247,13 +268,7 @@ async fn connections_per_minute_is_answered_with_429_before_upgrading() {
     assert_eq!(body["rule"], "chat.websocket.connections_per_minute");
     assert!(body["retry_after"].as_u64().unwrap() >= 1);
     // Reported like a rule's violation.
-    let admin = format!("http://{}/violations?limit=5", gateway.admin());
-    let got = send(&http1_client(), get(&admin, &[])).await;
-    let text = String::from_utf8_lossy(&got.body);
-    assert!(
-        text.contains("chat.websocket.connections_per_minute"),
-        "{text}"
-    );
+    assert_reported(&gateway, "chat.websocket.connections_per_minute").await;
 }
 
 #[tokio::test]

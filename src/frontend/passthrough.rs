@@ -10,6 +10,7 @@ use hyper::upgrade::OnUpgrade;
 
 use super::concurrency::InFlight;
 use super::grpc::{self, MessageCounter, StreamGuard, StreamState};
+use super::protocol_limits::Reporter;
 use super::websocket;
 use crate::body::{self, Body};
 use crate::decision::Decision;
@@ -45,10 +46,12 @@ pub enum Passthrough {
     WebSocket {
         client: OnUpgrade,
         admitted: Option<websocket::Admitted>,
+        reporter: Option<Reporter>,
     },
     Grpc {
         admitted: Option<grpc::Admitted>,
         stream: Option<Arc<StreamState>>,
+        reporter: Option<Reporter>,
     },
 }
 
@@ -64,6 +67,10 @@ pub struct Admission<'a> {
 }
 
 impl Admission<'_> {
+    fn reporter(&self) -> Reporter {
+        Reporter::new(self.engine, self.client_ip, self.route.map(|r| &r.name))
+    }
+
     /// Checks the route's protocol limits; `Err` is the rejection to answer
     /// with. Takes the client's upgrade out of a WebSocket request.
     pub async fn admit<B>(
@@ -93,6 +100,7 @@ impl Admission<'_> {
                 };
                 Ok(Passthrough::WebSocket {
                     client: websocket::take_upgrade(request),
+                    reporter: admitted.as_ref().map(|_| self.reporter()),
                     admitted,
                 })
             }
@@ -114,6 +122,7 @@ impl Admission<'_> {
                     None => None,
                 };
                 Ok(Passthrough::Grpc {
+                    reporter: admitted.as_ref().map(|_| self.reporter()),
                     admitted,
                     stream: None,
                 })
@@ -131,15 +140,24 @@ impl Passthrough {
             Passthrough::WebSocket { .. } => {
                 websocket::restore_upgrade_headers(request.headers_mut())
             }
-            Passthrough::Grpc { admitted, stream } => {
+            Passthrough::Grpc {
+                admitted,
+                stream,
+                reporter,
+            } => {
                 let Some(per_minute) = admitted.as_ref().and_then(|a| a.stream_messages_per_minute)
                 else {
                     return;
                 };
                 let shared = Arc::new(StreamState::default());
                 let body = std::mem::replace(request.body_mut(), body::empty());
-                let counter =
-                    MessageCounter::new(body, per_minute, clock(engine), Arc::clone(&shared));
+                let counter = MessageCounter::new(
+                    body,
+                    per_minute,
+                    clock(engine),
+                    Arc::clone(&shared),
+                    reporter.take(),
+                );
                 *request.body_mut() = body::stream(counter);
                 *stream = Some(shared);
             }
@@ -181,10 +199,14 @@ impl Passthrough {
     pub fn finish(self, response: Response<Body>, engine: &Arc<Engine>) -> Response<Body> {
         match self {
             Passthrough::Http => response,
-            Passthrough::WebSocket { client, admitted } => {
-                websocket::finish(response, client, admitted, clock(engine))
-            }
-            Passthrough::Grpc { admitted, stream } => {
+            Passthrough::WebSocket {
+                client,
+                admitted,
+                reporter,
+            } => websocket::finish(response, client, admitted, clock(engine), reporter),
+            Passthrough::Grpc {
+                admitted, stream, ..
+            } => {
                 let slot = admitted.and_then(|a| a.guard);
                 if slot.is_none() && stream.is_none() {
                     return response;

@@ -47,6 +47,43 @@ pub struct Caller<'a> {
     pub route: Option<&'a str>,
 }
 
+/// Reports limits broken after admission (a WebSocket connection closed by
+/// a per-connection limit, a gRPC stream cut) for one caller.
+pub struct Reporter {
+    engine: Arc<Engine>,
+    client_ip: IpAddr,
+    route: Option<Arc<str>>,
+}
+
+impl Reporter {
+    pub fn new(engine: &Arc<Engine>, client_ip: IpAddr, route: Option<&Arc<str>>) -> Reporter {
+        Reporter {
+            engine: Arc::clone(engine),
+            client_ip,
+            route: route.cloned(),
+        }
+    }
+
+    /// Reports that `protocol`'s `key` (set to `limit`) was broken.
+    pub fn report(&self, protocol: &str, key: &str, limit: u64) {
+        let route = self.route.as_deref();
+        let name = limit_name(route, protocol, key);
+        let caller = Caller {
+            client_ip: self.client_ip,
+            route,
+        };
+        let identity = identity(self.client_ip);
+        report(
+            &self.engine,
+            caller,
+            &name,
+            &identity,
+            limit,
+            limit.saturating_add(1),
+        );
+    }
+}
+
 /// Reports a protocol-limit rejection like a rule's: in `/stats`
 /// (recent violations, top offenders) and to violation subscribers.
 fn report(engine: &Engine, caller: Caller<'_>, name: &str, identity: &str, limit: u64, made: u64) {

@@ -14,6 +14,7 @@ use http_body::{Body as HttpBody, Frame};
 use parking_lot::Mutex;
 
 use super::super::concurrency::InFlightGuard;
+use super::super::protocol_limits::Reporter;
 use super::{GRPC_MESSAGE, GRPC_STATUS, code, percent_encode};
 use crate::body::{Body, BoxError};
 use crate::limit::{CompactState, Limit, Nanos, StrategyKind};
@@ -142,10 +143,17 @@ pub struct MessageCounter {
     /// before the stream is cut.
     tail: Option<Bytes>,
     cut: bool,
+    reporter: Option<Reporter>,
 }
 
 impl MessageCounter {
-    pub fn new(inner: Body, per_minute: u64, now: Now, shared: Arc<StreamState>) -> MessageCounter {
+    pub fn new(
+        inner: Body,
+        per_minute: u64,
+        now: Now,
+        shared: Arc<StreamState>,
+        reporter: Option<Reporter>,
+    ) -> MessageCounter {
         let minute = super::super::protocol_limits::MINUTE.as_nanos() as u64;
         MessageCounter {
             inner,
@@ -156,6 +164,7 @@ impl MessageCounter {
             shared,
             tail: None,
             cut: false,
+            reporter,
         }
     }
 }
@@ -197,6 +206,9 @@ impl HttpBody for MessageCounter {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         };
         this.cut = true;
+        if let Some(reporter) = &this.reporter {
+            reporter.report("grpc", "stream_messages_per_minute", this.limit.limit);
+        }
         this.shared.exhaust(format!(
             "rate limited: stream over stream_messages_per_minute {}",
             this.limit.limit
@@ -338,6 +350,7 @@ mod tests {
             2,
             Arc::new(|| 1_000),
             Arc::clone(&shared),
+            None,
         );
         let first = counter.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(&first[..], &chunk[..14]);

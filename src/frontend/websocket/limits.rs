@@ -16,6 +16,8 @@ pub const PROTOCOL_ERROR: u16 = 1002;
 pub struct CloseReason {
     pub code: u16,
     pub reason: String,
+    /// The limit that was broken (its key and configured value), if any.
+    pub limit: Option<(&'static str, u64)>,
 }
 
 /// A per-minute counter local to one connection.
@@ -84,6 +86,7 @@ impl MessagePolicy {
             return Err(CloseReason {
                 code: MESSAGE_TOO_BIG,
                 reason: format!("message larger than max_message_size {max}"),
+                limit: Some(("max_message_size", max)),
             });
         }
         if header.starts_message()
@@ -93,6 +96,7 @@ impl MessagePolicy {
             return Err(CloseReason {
                 code: POLICY_VIOLATION,
                 reason: format!("over messages_per_minute {}", messages.limit.limit),
+                limit: Some(("messages_per_minute", messages.limit.limit)),
             });
         }
         if header.payload_len > 0
@@ -102,6 +106,7 @@ impl MessagePolicy {
             return Err(CloseReason {
                 code: POLICY_VIOLATION,
                 reason: format!("over bytes_per_minute {}", bytes.limit.limit),
+                limit: Some(("bytes_per_minute", bytes.limit.limit)),
             });
         }
         Ok(())

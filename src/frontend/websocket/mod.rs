@@ -17,7 +17,9 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::concurrency::{InFlight, InFlightGuard};
-use super::protocol_limits::{self, Caller, concurrency_exceeded, limit_name, per_minute};
+use super::protocol_limits::{
+    self, Caller, Reporter, concurrency_exceeded, limit_name, per_minute,
+};
 use crate::config::WebSocketLimits;
 use crate::decision::Decision;
 use crate::engine::Engine;
@@ -128,6 +130,7 @@ pub fn finish<B>(
     client: OnUpgrade,
     admitted: Option<Admitted>,
     now: relay::Now,
+    reporter: Option<Reporter>,
 ) -> Response<B> {
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return response;
@@ -156,6 +159,9 @@ pub fn finish<B>(
         let outcome = relay::relay(TokioIo::new(client), TokioIo::new(upstream), policy, now).await;
         if let relay::Outcome::ClosedByGateway(reason) = outcome {
             tracing::debug!(code = reason.code, reason = %reason.reason, "websocket closed by the gateway");
+            if let (Some(reporter), Some((key, limit))) = (&reporter, reason.limit) {
+                reporter.report("websocket", key, limit);
+            }
         }
     });
     response

@@ -179,6 +179,7 @@ impl Pump {
                     let reason = CloseReason {
                         code: PROTOCOL_ERROR,
                         reason: error.to_string(),
+                        limit: None,
                     };
                     return (pos, Stop::Violation(reason));
                 }
