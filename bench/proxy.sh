@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Load benchmark of the reverse proxy on loopback: the same small upstream
 # reached directly, through ratethrottle (one rule on every request, a limit
-# never reached), through nginx with limit_req, and through HAProxy with a
-# stick-table request-rate rule. Each proxy runs one worker thread so the
+# never reached), through nginx with limit_req, through HAProxy with a
+# stick-table request-rate rule, and through hyper-proxy (bench/ceiling: the
+# bare hyper server + pooled client ratethrottle is built on, deciding
+# nothing), which separates ratethrottle's own cost from its stack's. Each proxy runs one worker thread so the
 # comparison is fair on a 2-core machine. wrk: 64 connections, ROUNDS
 # alternating rounds of DURATION each; prints req/s, p50 and p99 per round
 # and the median over rounds, plus the ratios that docs/benchmarks.md quotes.
@@ -21,6 +23,7 @@ UPSTREAM_PORT=18080
 RT_PORT=18081
 NGINX_PORT=18082
 HAPROXY_PORT=18083
+HYPER_PORT=18084
 ADMIN_PORT=18089
 
 for tool in nginx haproxy wrk; do
@@ -28,6 +31,7 @@ for tool in nginx haproxy wrk; do
 done
 
 cargo build --release --quiet
+CARGO_TARGET_DIR="$PWD/target" cargo build --release --quiet --manifest-path bench/ceiling/Cargo.toml --bin hyper-proxy
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -72,6 +76,8 @@ violations: { log: false }
 CONF
 RUST_LOG=warn ./target/release/ratethrottle serve --workers 1 --config "$work/ratethrottle.yaml" &
 pids+=($!)
+declare -A pid_of
+pid_of[ratethrottle]=$!
 
 # nginx with limit_req on every request (a rate never reached).
 mkdir -p "$work/nginx"
@@ -98,6 +104,7 @@ http {
 CONF
 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" &
 pids+=($!)
+pid_of[nginx]=$!
 
 # HAProxy with a stick-table request-rate rule (a rate never reached).
 cat > "$work/haproxy.cfg" <<CONF
@@ -122,6 +129,12 @@ backend be
 CONF
 haproxy -f "$work/haproxy.cfg" -db &
 pids+=($!)
+pid_of[haproxy]=$!
+
+# The stack alone: hyper server and pooled client, one worker, no decision.
+./target/release/hyper-proxy --listen "127.0.0.1:$HYPER_PORT" --workers 1 --upstream "127.0.0.1:$UPSTREAM_PORT" &
+pids+=($!)
+pid_of[hyper-proxy]=$!
 
 wait_port() {
     for _ in $(seq 1 100); do
@@ -131,12 +144,12 @@ wait_port() {
     echo "port $1 never opened" >&2
     exit 1
 }
-for port in $UPSTREAM_PORT $RT_PORT $NGINX_PORT $HAPROXY_PORT; do wait_port "$port"; done
+for port in $UPSTREAM_PORT $RT_PORT $NGINX_PORT $HAPROXY_PORT $HYPER_PORT; do wait_port "$port"; done
 
 # Checks that each target really proxies, and that ratethrottle adds its headers.
 curl -sf "http://127.0.0.1:$RT_PORT/" -D - -o /dev/null | grep -qi '^x-ratelimit-limit' \
     || { echo "ratethrottle is not answering with rate-limit headers" >&2; exit 1; }
-for port in $UPSTREAM_PORT $NGINX_PORT $HAPROXY_PORT; do
+for port in $UPSTREAM_PORT $NGINX_PORT $HAPROXY_PORT $HYPER_PORT; do
     [ "$(curl -sf "http://127.0.0.1:$port/")" = "hello, world" ] || { echo "port $port does not proxy" >&2; exit 1; }
 done
 
@@ -147,16 +160,36 @@ to_ms() {
         if (v ~ /us$/) print n / 1000; else if (v ~ /ms$/) print n; else if (v ~ /s$/) print n * 1000; else print n }'
 }
 
-declare -A rps p50 p99
-targets=(direct ratethrottle nginx haproxy)
-declare -A port_of=([direct]=$UPSTREAM_PORT [ratethrottle]=$RT_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
+# CPU time (user + system, clock ticks) of a proxy: the process and its
+# children (nginx's worker). CPU per request is steadier than req/s on a
+# shared machine.
+cpu_ticks() {
+    local total=0 pid
+    for pid in "$1" $(pgrep -P "$1"); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+hz=$(getconf CLK_TCK)
+
+declare -A rps p50 p99 cpu
+targets=(direct ratethrottle nginx haproxy hyper-proxy)
+declare -A port_of=([direct]=$UPSTREAM_PORT [ratethrottle]=$RT_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [hyper-proxy]=$HYPER_PORT)
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "wrk: 1 thread, $CONNECTIONS connections, $DURATION per run, $ROUNDS rounds"
-printf '%-6s %-13s %12s %10s %10s\n' round target req/s p50_ms p99_ms
+printf '%-6s %-13s %12s %10s %10s %12s\n' round target req/s p50_ms p99_ms cpu_us/req
 for round in $(seq 1 "$ROUNDS"); do
     for target in "${targets[@]}"; do
+        pid=${pid_of[$target]:-}
+        before=0
+        if [ -n "$pid" ]; then before=$(cpu_ticks "$pid"); fi
         out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:${port_of[$target]}/")
+        count=$(awk '/requests in/ {print $1}' <<<"$out")
+        c=-
+        if [ -n "$pid" ]; then
+            c=$(awk -v t=$(($(cpu_ticks "$pid") - before)) -v n="$count" -v hz="$hz" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')
+        fi
         r=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
         l50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
         l99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
@@ -164,21 +197,26 @@ for round in $(seq 1 "$ROUNDS"); do
         rps[$target]+="$r "
         p50[$target]+="$l50 "
         p99[$target]+="$l99 "
-        printf '%-6s %-13s %12s %10s %10s %s\n' "$round" "$target" "$r" "$l50" "$l99" "${errors:+non-2xx=$errors}"
+        cpu[$target]+="$c "
+        printf '%-6s %-13s %12s %10s %10s %12s %s\n' "$round" "$target" "$r" "$l50" "$l99" "$c" "${errors:+non-2xx=$errors}"
     done
 done
 
 median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 echo
 echo "median over $ROUNDS rounds"
-printf '| %-13s | %10s | %8s | %8s |\n' target "req/s" "p50 ms" "p99 ms"
-printf '|---|---:|---:|---:|\n'
+printf '| %-13s | %10s | %8s | %8s | %10s |\n' target "req/s" "p50 ms" "p99 ms" "CPU µs/req"
+printf '|---|---:|---:|---:|---:|\n'
 for target in "${targets[@]}"; do
-    printf '| %-13s | %10s | %8s | %8s |\n' "$target" "$(median "${rps[$target]}")" "$(median "${p50[$target]}")" "$(median "${p99[$target]}")"
+    c=-
+    if [ "$target" != direct ]; then c=$(median "${cpu[$target]}"); fi
+    printf '| %-13s | %10s | %8s | %8s | %10s |\n' "$target" "$(median "${rps[$target]}")" "$(median "${p50[$target]}")" "$(median "${p99[$target]}")" "$c"
 done
 rt=$(median "${rps[ratethrottle]}"); ng=$(median "${rps[nginx]}"); ha=$(median "${rps[haproxy]}")
+hy=$(median "${rps[hyper-proxy]}")
 rt99=$(median "${p99[ratethrottle]}"); d99=$(median "${p99[direct]}")
 echo
-awk -v rt="$rt" -v ng="$ng" -v ha="$ha" -v a="$rt99" -v d="$d99" 'BEGIN {
-    printf "ratethrottle req/s / nginx: %.2f   / haproxy: %.2f\n", rt / ng, rt / ha;
+awk -v rt="$rt" -v ng="$ng" -v ha="$ha" -v hy="$hy" -v a="$rt99" -v d="$d99" 'BEGIN {
+    printf "ratethrottle req/s / nginx: %.2f   / haproxy: %.2f   / hyper-proxy: %.2f\n", rt / ng, rt / ha, rt / hy;
+    printf "hyper-proxy req/s / nginx: %.2f\n", hy / ng;
     printf "ratethrottle p99 added over direct: %.3f ms\n", a - d }'

@@ -23,8 +23,9 @@ use crate::frontend::envoy_grpc;
 use crate::frontend::envoy_http::EnvoyHttp;
 use crate::frontend::proxy::Proxy;
 use crate::metrics::ServerMetrics;
+use crate::protect::conn_screen::EngineScreen;
 use crate::reload::{self, ReloadTrigger};
-use crate::server::{ConnSettings, ConnTracker, Handler, Listener};
+use crate::server::{ConnScreen, ConnSettings, ConnTracker, Handler, Listener};
 use crate::store::MemoryStore;
 use crate::tls::{self, TlsAcceptorCell};
 use crate::upstream::Upstreams;
@@ -138,6 +139,7 @@ impl Gateway {
         });
         gateway.sync_listeners(&gateway.engine.snapshot().config)?;
         Engine::spawn_sweeper(&gateway.engine, SWEEP_EVERY);
+        crate::alerts::Dispatcher::install(&gateway.engine);
         Ok(gateway)
     }
 
@@ -326,12 +328,16 @@ impl Gateway {
             metrics: Arc::clone(&self.metrics),
             inflight: Arc::clone(&self.inflight),
         };
+        let screen = EngineScreen {
+            engine: Arc::clone(&self.engine),
+        };
         self.spawn_http(
             listener,
             proxy,
             tls_cell,
             settings,
             Arc::clone(&self.conn_tracker),
+            Some(Arc::new(screen)),
         )
     }
 
@@ -353,7 +359,7 @@ impl Gateway {
         let envoy = EnvoyHttp {
             engine: Arc::clone(&self.engine),
         };
-        self.spawn_http(listener, envoy, None, settings, ConnTracker::new())
+        self.spawn_http(listener, envoy, None, settings, ConnTracker::new(), None)
     }
 
     /// An accept loop serving `handler`, stopped by the returned token.
@@ -364,6 +370,7 @@ impl Gateway {
         tls: Option<Arc<TlsAcceptorCell>>,
         settings: Arc<dyn Fn() -> Option<ConnSettings> + Send + Sync>,
         tracker: Arc<ConnTracker>,
+        screen: Option<Arc<dyn ConnScreen>>,
     ) -> CancellationToken {
         let stop = self.shutdown.child_token();
         let accept_loop = Arc::new(Listener {
@@ -371,6 +378,7 @@ impl Gateway {
             tls,
             settings,
             tracker,
+            screen,
             metrics: Arc::clone(&self.metrics),
             connections: self.connections.clone(),
             stop_accepting: stop.clone(),

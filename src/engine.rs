@@ -1,7 +1,8 @@
 //! `Engine::decide`: the one place the order of checks is written.
 //!
-//! global switch → client address → whitelist / blacklist → route → the
-//! rules that apply → active blocks → one atomic store batch → the most
+//! global switch → client address → whitelist / blacklist → DDoS screen
+//! (blocks, traffic analysis) → route → the rules that apply (tightened while
+//! under attack) → active blocks → one atomic store batch → the most
 //! restrictive answer, violations, blocks and statistics.
 
 use std::net::IpAddr;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderMap, Method};
 use smallvec::SmallVec;
 
@@ -19,7 +20,9 @@ use crate::decision::{BlockedBy, Decision, Quota};
 use crate::identity::{self, IdentitySource};
 use crate::limit::{NANOS_PER_SEC, Nanos, Verdict};
 use crate::metrics::{DecisionCounters, DecisionKind, Histogram, LATENCY_BUCKETS, RequestCounters};
-use crate::protect::blocks::{BlockReason, Blocks};
+use crate::protect::blocks::{Block, BlockReason, Blocks};
+use crate::protect::ddos::Event as DdosEvent;
+use crate::protect::ddos::guard::DdosGuard;
 use crate::protect::lists::{ListMatch, Lists};
 use crate::route::{self, RouteRequest};
 use crate::snapshot::{Rule, Snapshot};
@@ -61,6 +64,9 @@ pub struct Engine {
     last_violation_log: AtomicU64,
     requests: RequestCounters,
     decision_latency: Histogram,
+    /// `None` while `ddos_protection` is disabled; rebuilt (counts lost) only
+    /// when a reload changes that section.
+    ddos: ArcSwapOption<DdosGuard>,
 }
 
 impl Engine {
@@ -69,8 +75,10 @@ impl Engine {
         let lists = Lists::new();
         lists.set_config_entries(&config.lists.whitelist, &config.lists.blacklist);
         let requests = RequestCounters::default();
+        let ddos = ArcSwapOption::from_pointee(DdosGuard::new(&config.ddos));
         let snapshot = Snapshot::compile(Arc::new(config), &stats, &requests);
         Engine {
+            ddos,
             snapshot: ArcSwap::from_pointee(snapshot),
             store,
             clock,
@@ -92,12 +100,29 @@ impl Engine {
     pub fn apply_config(&self, config: Config) {
         self.lists
             .set_config_entries(&config.lists.whitelist, &config.lists.blacklist);
+        let wanted = config.ddos.enabled.then_some(&config.ddos);
+        if self.ddos.load().as_deref().map(DdosGuard::config) != wanted {
+            self.ddos.store(DdosGuard::new(&config.ddos).map(Arc::new));
+        }
         let snapshot = Snapshot::compile(Arc::new(config), &self.stats, &self.requests);
         self.snapshot.store(Arc::new(snapshot));
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// DDoS protection, while it is enabled.
+    pub fn ddos(&self) -> Option<Arc<DdosGuard>> {
+        self.ddos.load_full()
+    }
+
+    /// Counts an upstream error or a guard event (slow header, oversized
+    /// request, refused connection) against a client, for DDoS protection.
+    pub fn record_ddos_event(&self, client_ip: IpAddr, event: DdosEvent) {
+        if let Some(guard) = self.ddos.load().as_deref() {
+            guard.record(client_ip, event, self.clock.now());
+        }
     }
 
     pub fn lists(&self) -> &Lists {
@@ -146,7 +171,8 @@ impl Engine {
     /// Frees idle counters, ended blocks and expired list entries.
     pub fn sweep(&self) -> usize {
         let now = self.clock.now();
-        self.store.sweep(now) + self.blocks.sweep(now) + self.lists.prune(now)
+        let ddos = self.ddos.load().as_deref().map_or(0, |g| g.sweep(now));
+        self.store.sweep(now) + self.blocks.sweep(now) + self.lists.prune(now) + ddos
     }
 
     /// Runs [`Engine::sweep`] every `every` on the current tokio runtime, so
@@ -229,6 +255,14 @@ impl Engine {
             None => {}
         }
 
+        let ddos = self.ddos.load();
+        if let Some(guard) = ddos.as_deref()
+            && let Some(decision) = self.ddos_screen(guard, client_ip, facts.path, now)
+        {
+            return (decision, unrouted);
+        }
+        let limit_factor = ddos.as_deref().and_then(DdosGuard::limit_factor);
+
         let route_request = RouteRequest {
             method: facts.method,
             host: facts.host,
@@ -279,7 +313,7 @@ impl Engine {
                     rule_seed: rule.seed,
                     identity,
                 },
-                limit: rule.limit,
+                limit: limit_factor.map_or(rule.limit, |f| rule.limit.scaled(f)),
                 cost: facts.cost.max(1),
                 enforce: !rule.shadow,
             })
@@ -294,6 +328,11 @@ impl Engine {
         };
 
         let outcome = Outcome::of(&rules, &verdicts);
+        if !outcome.allowed
+            && let Some(guard) = ddos.as_deref()
+        {
+            guard.record(client_ip, DdosEvent::RateLimited, now);
+        }
         let route_name = route.map(|r| &*r.name);
         let mut shadow_denied = Vec::new();
         for (i, (rule, verdict)) in rules.iter().zip(&verdicts).enumerate() {
@@ -373,13 +412,37 @@ impl Engine {
             .chain(identities)
             .filter_map(|id| self.blocks.active(id, now))
             .max_by_key(|block| block.until)
-            .map(|block| Decision::Blocked {
-                by: match block.reason {
-                    BlockReason::Violation => BlockedBy::Violation,
-                    BlockReason::Ddos => BlockedBy::Ddos,
-                },
-                retry_after: Some(Duration::from_nanos(block.until.saturating_sub(now).max(1))),
-            })
+            .map(|block| blocked(&block, now))
+    }
+
+    /// DDoS protection's part of a decision: a client (or its IPv6 prefix)
+    /// already blocked is answered at once without being counted again;
+    /// otherwise the request is counted, and a client that now looks like an
+    /// attack is blocked.
+    fn ddos_screen(
+        &self,
+        guard: &DdosGuard,
+        client_ip: IpAddr,
+        path: &str,
+        now: Nanos,
+    ) -> Option<Decision> {
+        let (address, prefix) = guard.identities(client_ip);
+        let held = std::iter::once(&address)
+            .chain(prefix.as_ref())
+            .filter_map(|id| self.blocks.active(id, now))
+            .max_by_key(|block| block.until);
+        if let Some(block) = held {
+            return Some(blocked(&block, now));
+        }
+        let offence = guard.observe(client_ip, path, now)?;
+        let until =
+            now.saturating_add(u64::try_from(offence.block_for.as_nanos()).unwrap_or(u64::MAX));
+        self.blocks
+            .block(&offence.identity, BlockReason::Ddos, None, now, until);
+        Some(Decision::Blocked {
+            by: BlockedBy::Ddos,
+            retry_after: Some(offence.block_for),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -473,6 +536,17 @@ pub enum CheckRuleError {
     UnknownRule(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The answer for a held block.
+fn blocked(block: &Block, now: Nanos) -> Decision {
+    Decision::Blocked {
+        by: match block.reason {
+            BlockReason::Violation => BlockedBy::Violation,
+            BlockReason::Ddos => BlockedBy::Ddos,
+        },
+        retry_after: Some(Duration::from_nanos(block.until.saturating_sub(now).max(1))),
+    }
 }
 
 fn allow(

@@ -8,6 +8,7 @@
 //! turned back into the front end's wire format.
 
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod body;
 pub mod cli;
@@ -28,5 +29,7 @@ pub mod snapshot;
 pub mod stats;
 pub mod store;
 pub mod tls;
+#[cfg(feature = "tower")]
+pub mod tower_layer;
 pub mod upstream;
 pub mod violations;

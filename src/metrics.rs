@@ -173,6 +173,10 @@ pub struct ServerMetrics {
     pub connections_accepted: AtomicU64,
     pub connections_rejected_total: AtomicU64,
     pub connections_rejected_per_ip: AtomicU64,
+    /// Closed at accept: DDoS protection blocked the address.
+    pub connections_refused_blocked: AtomicU64,
+    /// Answered 503 at accept while under attack.
+    pub connections_shed: AtomicU64,
     pub header_timeouts: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
@@ -187,6 +191,8 @@ impl Default for ServerMetrics {
             connections_accepted: AtomicU64::new(0),
             connections_rejected_total: AtomicU64::new(0),
             connections_rejected_per_ip: AtomicU64::new(0),
+            connections_refused_blocked: AtomicU64::new(0),
+            connections_shed: AtomicU64::new(0),
             header_timeouts: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
@@ -212,6 +218,84 @@ impl ServerMetrics {
             .get(&(upstream.to_string(), kind))
             .copied()
             .unwrap_or(0)
+    }
+}
+
+/// Webhook deliveries and alerts (`src/alerts/`), in events.
+#[derive(Debug, Default)]
+pub struct WebhookCounters {
+    /// Events delivered (a 2xx answer to their batch).
+    pub sent: AtomicU64,
+    /// Events given up on after the last retry or a permanent refusal.
+    pub failed: AtomicU64,
+    /// Events dropped because a sink's queue was full.
+    pub dropped: AtomicU64,
+    /// Batch attempts that were retried.
+    pub retries: AtomicU64,
+    pub alerts_warning: AtomicU64,
+    pub alerts_critical: AtomicU64,
+}
+
+impl WebhookCounters {
+    pub fn count_alert(&self, critical: bool) {
+        let counter = if critical {
+            &self.alerts_critical
+        } else {
+            &self.alerts_warning
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The process's webhook counters, as `/metrics` shows them. Process-wide
+/// because sinks outlive reloads and the exposition has no other handle on
+/// them; a process runs one gateway.
+pub fn webhook_counters() -> Arc<WebhookCounters> {
+    static COUNTERS: std::sync::OnceLock<Arc<WebhookCounters>> = std::sync::OnceLock::new();
+    Arc::clone(COUNTERS.get_or_init(Arc::default))
+}
+
+fn render_webhooks(out: &mut String, c: &WebhookCounters) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    help(
+        out,
+        "ratethrottle_webhook_events_total",
+        "counter",
+        "Violation and alert events for webhooks, by result (sent, failed, dropped).",
+    );
+    for (result, counter) in [
+        ("sent", &c.sent),
+        ("failed", &c.failed),
+        ("dropped", &c.dropped),
+    ] {
+        let _ = writeln!(
+            out,
+            "ratethrottle_webhook_events_total{{result=\"{result}\"}} {}",
+            load(counter)
+        );
+    }
+    gauge(
+        out,
+        "ratethrottle_webhook_retries_total",
+        "counter",
+        "Webhook batch attempts that failed and were retried.",
+        load(&c.retries),
+    );
+    help(
+        out,
+        "ratethrottle_alerts_total",
+        "counter",
+        "Alerts raised by alerting.thresholds, by level.",
+    );
+    for (level, counter) in [
+        ("warning", &c.alerts_warning),
+        ("critical", &c.alerts_critical),
+    ] {
+        let _ = writeln!(
+            out,
+            "ratethrottle_alerts_total{{level=\"{level}\"}} {}",
+            load(counter)
+        );
     }
 }
 
@@ -275,6 +359,7 @@ pub fn render(
         "Violation events dropped because the handler queue was full.",
         engine.violations_dropped,
     );
+    render_webhooks(&mut out, &webhook_counters());
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     gauge(
         &mut out,
@@ -305,6 +390,16 @@ pub fn render(
         out,
         "ratethrottle_connections_rejected_total{{reason=\"max_connections_per_ip\"}} {}",
         load(&server.connections_rejected_per_ip)
+    );
+    let _ = writeln!(
+        out,
+        "ratethrottle_connections_rejected_total{{reason=\"blocked\"}} {}",
+        load(&server.connections_refused_blocked)
+    );
+    let _ = writeln!(
+        out,
+        "ratethrottle_connections_rejected_total{{reason=\"under_attack\"}} {}",
+        load(&server.connections_shed)
     );
     gauge(
         &mut out,

@@ -25,8 +25,12 @@ use crate::config::UpstreamConfig;
 /// Long enough for steady traffic to reuse connections, short enough to give
 /// sockets back soon after a burst.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle connections kept per upstream; bursts above it open and then close extras.
-const POOL_MAX_IDLE_PER_HOST: usize = 64;
+/// Idle connections kept per upstream; bursts above it open and then close
+/// extras. Well above the number of requests usually in flight: a connection
+/// goes back to the pool a moment after its response ends, so a steady 64
+/// concurrent requests briefly need more than 64 connections, and a cap at
+/// that level would close and reopen connections all the time.
+const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 /// TCP keep-alive probes notice upstreams that vanished without a FIN.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// HTTP/2 pings on busy connections, so a dead peer fails long gRPC streams.

@@ -3,6 +3,7 @@
 //! [`net`]) start real gateways, upstreams and clients on 127.0.0.1.
 
 pub mod grpc;
+pub mod hook;
 pub mod net;
 pub mod ws;
 

@@ -258,3 +258,216 @@ fn mistakes_on_the_command_line_are_errors_not_panics() {
     assert_eq!(code, 0);
     assert!(out.contains("config") && out.contains("test"));
 }
+
+mod against_a_running_gateway {
+    //! `manage` and `stats` talk to a live gateway's admin API.
+
+    use integration_tests::cli;
+    use integration_tests::net::{get, http1_client, send, start_gateway, start_upstream};
+
+    const GATEWAY: &str = r#"
+server: { listen: 127.0.0.1:0 }
+admin: { listen: 127.0.0.1:0, token: s3cret }
+upstreams:
+  default: { url: "http://{upstream}" }
+rules:
+  - { name: api, limit: 2, window: 1h, block_duration: 10m }
+"#;
+
+    /// The command line runs its own runtime: keep it off the test's.
+    async fn run(args: Vec<String>) -> (u8, String, String) {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(&args)
+        })
+        .await
+        .expect("the command line ran")
+    }
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn manage_blacklists_an_address_the_gateway_then_refuses_and_lists_it() {
+        let upstream = start_upstream().await;
+        let gateway = start_gateway(GATEWAY, Some(upstream.addr)).await;
+        let admin = format!("http://{}", gateway.admin());
+        let client = http1_client();
+        assert_eq!(send(&client, get(&gateway.url("/"), &[])).await.status, 200);
+
+        let (code, out, err) = run(args(&[
+            "manage",
+            "--admin",
+            &admin,
+            "--token",
+            "s3cret",
+            "--blacklist-add",
+            "127.0.0.1",
+            "--duration",
+            "1h",
+        ]))
+        .await;
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.starts_with("added 127.0.0.1 to the blacklist for 1h (until Unix time "),
+            "{out}"
+        );
+        assert_eq!(send(&client, get(&gateway.url("/"), &[])).await.status, 403);
+
+        let (code, out, _) = run(args(&["manage", "--admin", &admin, "--list-all"])).await;
+        assert_eq!(code, 0);
+        assert!(out.contains("blacklist (1)\n  127.0.0.1 "), "{out}");
+        assert!(out.contains("runtime"), "{out}");
+
+        let (code, out, err) = run(args(&[
+            "manage",
+            "--admin",
+            &admin,
+            "--token",
+            "s3cret",
+            "--blacklist-remove",
+            "127.0.0.1",
+        ]))
+        .await;
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, "removed 127.0.0.1 from the blacklist\n");
+        assert_eq!(send(&client, get(&gateway.url("/"), &[])).await.status, 200);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_or_missing_token_changes_nothing_and_says_why() {
+        let upstream = start_upstream().await;
+        let gateway = start_gateway(GATEWAY, Some(upstream.addr)).await;
+        let admin = format!("http://{}", gateway.admin());
+        let add = |token: Option<&str>| {
+            let mut list = args(&["manage", "--admin", &admin, "--whitelist-add", "10.0.0.0/8"]);
+            if let Some(token) = token {
+                list.extend(args(&["--token", token]));
+            }
+            list
+        };
+        let (code, out, err) = run(add(Some("wrong"))).await;
+        assert_eq!((code, out.as_str()), (1, ""));
+        assert!(
+            err.contains("refused the token") && err.contains("401"),
+            "{err}"
+        );
+        // An empty --token counts as none (the variable set but empty).
+        let (code, _, err) = run(add(Some(""))).await;
+        assert_eq!(code, 1);
+        assert!(
+            err.contains("wants a token (401)") && err.contains("RATETHROTTLE_ADMIN_TOKEN"),
+            "{err}"
+        );
+        let (_, out, _) = run(args(&["manage", "--admin", &admin, "--list-all"])).await;
+        assert!(out.contains("whitelist (0)"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn stats_prints_and_exports_what_the_gateway_counted() {
+        let upstream = start_upstream().await;
+        let gateway = start_gateway(GATEWAY, Some(upstream.addr)).await;
+        let admin = format!("http://{}", gateway.admin());
+        let client = http1_client();
+        let statuses: Vec<u16> = {
+            let mut all = Vec::new();
+            for _ in 0..4 {
+                all.push(
+                    send(&client, get(&gateway.url("/"), &[]))
+                        .await
+                        .status
+                        .as_u16(),
+                );
+            }
+            all
+        };
+        // Two allowed, then the violation earns a block: 429, then 403.
+        assert_eq!(statuses, [200, 200, 429, 403]);
+
+        let (code, out, err) = run(args(&["stats", "--admin", &admin])).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("requests: 4 total, 2 allowed, 2 blocked (50.00% blocked)"),
+            "{out}"
+        );
+        assert!(out.contains("\n  api "), "{out}");
+        assert!(out.contains("active blocks (1)\n  ip:127.0.0.1"), "{out}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("stats.json");
+        let (code, _, err) = run(args(&[
+            "stats",
+            "--admin",
+            &admin,
+            "--export",
+            json.to_str().unwrap(),
+        ]))
+        .await;
+        assert_eq!(code, 0, "{err}");
+        let exported: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(exported["total_requests"], 4);
+        assert_eq!(exported["rules"]["api"]["allowed"], 2);
+
+        let csv = dir.path().join("stats.csv");
+        let (code, _, err) = run(args(&[
+            "stats",
+            "--admin",
+            &admin,
+            "--export",
+            csv.to_str().unwrap(),
+        ]))
+        .await;
+        assert_eq!(code, 0, "{err}");
+        let text = std::fs::read_to_string(&csv).unwrap();
+        assert!(text.contains("totals,,blocked_requests,2\n"), "{text}");
+        assert!(text.contains("rule,api,allowed,2\n"), "{text}");
+        assert!(
+            text.contains("block,ip:127.0.0.1,reason,violation\n"),
+            "{text}"
+        );
+
+        let (code, _, err) =
+            run(args(&["stats", "--admin", &admin, "--export", "stats.txt"])).await;
+        assert_eq!(code, 1);
+        assert!(err.contains("must end in .json or .csv"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_gateway_that_is_not_there_is_reported_not_panicked_on() {
+        // A port nothing listens on: bind, note it, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let admin = format!("http://127.0.0.1:{port}");
+        for command in [
+            args(&["stats", "--admin", &admin]),
+            args(&["manage", "--admin", &admin, "--list-all"]),
+        ] {
+            let (code, out, err) = run(command).await;
+            assert_eq!((code, out.as_str()), (1, ""));
+            assert!(
+                err.starts_with("error: cannot reach the admin API at"),
+                "{err}"
+            );
+            assert!(err.contains("is the gateway running?"), "{err}");
+        }
+        let (code, _, err) = run(args(&["manage", "--list-all", "--admin", "https://x:1"])).await;
+        assert_eq!(code, 1);
+        assert!(err.contains("plain HTTP"), "{err}");
+        // --duration only goes with an addition.
+        let (code, _, err) = run(args(&[
+            "manage",
+            "--admin",
+            &admin,
+            "--list-all",
+            "--duration",
+            "1h",
+        ]))
+        .await;
+        assert_eq!(code, 2, "{err}");
+    }
+}

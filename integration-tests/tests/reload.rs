@@ -23,6 +23,8 @@ rules:
 routes:
   - {{ name: tight, match: {{ path_prefix: /tight }}, rules: [tight] }}
   - {{ name: rest, match: {{ path_prefix: / }}, rules: [bulk] }}
+# Continuous load from one address is what DDoS protection blocks.
+ddos_protection: {{ enabled: false }}
 "#
     )
 }

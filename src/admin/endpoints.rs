@@ -56,12 +56,15 @@ pub fn metrics(context: &AdminContext) -> Response<Body> {
         store_keys: engine.store().key_count().map(|n| n as u64),
         violations_dropped: engine.violation_hub().dropped(),
     };
-    let text = metrics::render(
+    let mut text = metrics::render(
         engine.request_counters(),
         engine.decision_latency(),
         &gauges,
         &context.server_metrics,
     );
+    if let Some(ddos) = engine.ddos() {
+        ddos.render_metrics(&mut text);
+    }
     reply::text(StatusCode::OK, "text/plain; version=0.0.4", text)
 }
 

@@ -22,6 +22,7 @@ use crate::engine::Engine;
 use crate::metrics::ServerMetrics;
 use crate::protect::lists::ListKind;
 
+pub use reply::percent_encode;
 pub use server::serve;
 
 /// The largest request body the admin API reads; larger ones get 413.

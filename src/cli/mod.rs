@@ -1,8 +1,14 @@
-//! The command line: `config` and `test` (SPEC.md, "Command line"). Every
+//! The command line (SPEC.md, "Command line"): `serve`, `config`, `test`,
+//! and `monitor`, `manage` and `stats`, which talk to a running gateway's admin API. Every
 //! command reports errors on stderr with a non-zero exit code, never a panic.
 
+mod admin_client;
 mod config_cmd;
+mod manage_cmd;
+pub mod monitor;
+mod monitor_cmd;
 mod serve_cmd;
+mod stats_cmd;
 mod test_cmd;
 
 use std::ffi::OsString;
@@ -46,6 +52,12 @@ pub enum Command {
     Config(config_cmd::ConfigArgs),
     /// Replay N requests against one rule in-process and report what the gateway would decide
     Test(test_cmd::TestArgs),
+    /// Live dashboard of a running gateway, read from its admin API
+    Monitor(monitor_cmd::MonitorArgs),
+    /// Change or show the lists of a running gateway (token from $RATETHROTTLE_ADMIN_TOKEN)
+    Manage(manage_cmd::ManageArgs),
+    /// Print or export the statistics of a running gateway
+    Stats(stats_cmd::StatsArgs),
 }
 
 /// The process entry point: real arguments, stdout and stderr.
@@ -89,6 +101,18 @@ where
         Command::Test(args) => {
             init_logging(cli.log_format, "warn");
             test_cmd::run(&cli, args, &mut io)
+        }
+        Command::Monitor(args) => {
+            init_logging(cli.log_format, "error");
+            monitor_cmd::run(&cli, args, &mut io)
+        }
+        Command::Manage(args) => {
+            init_logging(cli.log_format, "warn");
+            manage_cmd::run(&cli, args, &mut io)
+        }
+        Command::Stats(args) => {
+            init_logging(cli.log_format, "warn");
+            stats_cmd::run(&cli, args, &mut io)
         }
     };
     match result {

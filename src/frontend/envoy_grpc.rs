@@ -31,8 +31,11 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use http::header::RETRY_AFTER;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
+
+use super::unvectored::Unvectored;
 use tonic::{Code as GrpcCode, Request, Response, Status};
 
 use crate::config::OnError;
@@ -90,7 +93,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let routes = router(engine).await;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(|accepted| accepted.map(Unvectored));
     tonic::transport::Server::builder()
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)

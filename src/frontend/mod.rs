@@ -9,4 +9,5 @@ pub mod passthrough;
 pub mod protocol_limits;
 pub mod proxy;
 pub mod respond;
+mod unvectored;
 pub mod websocket;

@@ -20,6 +20,7 @@ use crate::body::{self, Body};
 use crate::decision::Decision;
 use crate::engine::{Engine, RequestFacts};
 use crate::metrics::ServerMetrics;
+use crate::protect::ddos::Event as DdosEvent;
 use crate::server::{ConnInfo, Handler};
 use crate::upstream::{UpstreamError, Upstreams};
 
@@ -79,9 +80,25 @@ impl Proxy {
             .as_ref()
             .map_or(u64::MAX, |s| s.max_body_bytes);
 
+        // DDoS protection counts upstream errors and oversized requests
+        // against the client; worked out only while it is on.
+        let ddos_client = self.engine.ddos().map(|_| {
+            crate::identity::client_ip(
+                conn.peer.ip(),
+                request.headers(),
+                &config.global.trusted_proxies,
+            )
+        });
+        let ddos_event = |event| {
+            if let Some(client) = ddos_client {
+                self.engine.record_ddos_event(client, event);
+            }
+        };
+
         if let Some(length) = content_length(request.headers())
             && length > max_body
         {
+            ddos_event(DdosEvent::Guard);
             return reply(too_large(max_body));
         }
 
@@ -160,10 +177,17 @@ impl Proxy {
         let mut response = match passthrough.send(&upstreams, &upstream_name, outgoing).await {
             Ok(response) => response,
             Err(SendError::Upstream(error)) => {
-                return reply(self.upstream_failed(&upstream_name, &error, max_body));
+                let rejection = self.upstream_failed(&upstream_name, &error, max_body);
+                if rejection.status == StatusCode::PAYLOAD_TOO_LARGE {
+                    ddos_event(DdosEvent::Guard);
+                }
+                return reply(rejection);
             }
             Err(SendError::StreamExhausted(trailers)) => return grpc::exhausted_response(trailers),
         };
+        if response.status().is_client_error() || response.status().is_server_error() {
+            ddos_event(DdosEvent::UpstreamError);
+        }
         strip_hop_by_hop(response.headers_mut());
         // After the stripping: a WebSocket 101 gets its Upgrade headers back.
         let mut response = passthrough.finish(response, &self.engine);

@@ -82,6 +82,19 @@ pub struct Limit {
     pub burst: u64,
 }
 
+impl Limit {
+    /// This limit with its count and burst multiplied by `factor` (rounded,
+    /// at least 1): how under-attack mode tightens every rule.
+    pub fn scaled(&self, factor: f64) -> Limit {
+        let scale = |n: u64| ((n as f64 * factor).round() as u64).max(1);
+        Limit {
+            limit: scale(self.limit),
+            burst: scale(self.burst),
+            ..*self
+        }
+    }
+}
+
 /// The answer of one strategy step. All durations are nanoseconds from `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {

@@ -2,4 +2,6 @@
 //! blacklist, and the blocks that violations (and later, attacks) earn.
 
 pub mod blocks;
+pub mod conn_screen;
+pub mod ddos;
 pub mod lists;

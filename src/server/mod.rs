@@ -3,9 +3,11 @@
 //! and a graceful drain on shutdown.
 
 mod guard;
+mod screen;
 mod timed_io;
 
 pub use guard::{ConnPermit, ConnTracker, Rejected};
+pub use screen::{Admission, ConnScreen};
 pub use timed_io::TimedIo;
 
 use std::convert::Infallible;
@@ -88,6 +90,9 @@ pub struct Listener<H> {
     pub tls: Option<Arc<TlsAcceptorCell>>,
     pub settings: Arc<dyn Fn() -> Option<ConnSettings> + Send + Sync>,
     pub tracker: Arc<ConnTracker>,
+    /// Asked about each connection before it is served; `None` on listeners
+    /// whose peer is not the client (Envoy's).
+    pub screen: Option<Arc<dyn ConnScreen>>,
     pub metrics: Arc<ServerMetrics>,
     /// Connections still being served; waited on to drain.
     pub connections: TaskTracker,
@@ -117,9 +122,35 @@ impl<H: Handler> Listener<H> {
             let Some(settings) = (self.settings)() else {
                 continue;
             };
+            if let Some(screen) = &self.screen {
+                let open = self.metrics.connections_open.load(Ordering::Relaxed);
+                match screen.admit(peer.ip(), open, &settings) {
+                    Admission::Serve => {}
+                    Admission::Refuse => {
+                        self.metrics
+                            .connections_refused_blocked
+                            .fetch_add(1, Ordering::Relaxed);
+                        drop(stream);
+                        continue;
+                    }
+                    Admission::Shed { retry_after_secs } => {
+                        self.metrics
+                            .connections_shed
+                            .fetch_add(1, Ordering::Relaxed);
+                        if self.tls.is_none() {
+                            self.connections
+                                .spawn(screen::shed(stream, retry_after_secs));
+                        }
+                        continue;
+                    }
+                }
+            }
             let permit = match self.tracker.try_acquire(peer.ip(), &settings) {
                 Ok(permit) => permit,
                 Err(rejected) => {
+                    if let Some(screen) = &self.screen {
+                        screen.guard_event(peer.ip());
+                    }
                     // Closed right after accept, before any byte is read.
                     let counter = match rejected {
                         Rejected::Total => &self.metrics.connections_rejected_total,
@@ -220,7 +251,31 @@ impl<H: Handler> Listener<H> {
             }
         };
         if let Err(error) = result {
+            if let Some(screen) = &self.screen
+                && is_timeout(&*error)
+            {
+                screen.guard_event(conn.peer.ip());
+            }
             tracing::debug!(client.ip = %conn.peer.ip(), %error, "connection ended with an error");
         }
     }
+}
+
+/// Whether a connection ended because the client was too slow: hyper's
+/// header timeout or [`TimedIo`]'s first-byte and idle timeouts.
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+            || error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }
