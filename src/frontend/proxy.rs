@@ -161,11 +161,16 @@ impl Proxy {
             inflight: &self.inflight,
             route: route.as_deref(),
             exempt: whitelisted || !config.global.enabled,
-            client_ip: crate::identity::client_ip(
-                conn.peer.ip(),
-                request.headers(),
-                &config.global.trusted_proxies,
-            ),
+            // Plain HTTP has no protocol limits: spare it the header walk.
+            client_ip: match (kind, ddos_client) {
+                (Kind::Http, _) => conn.peer.ip(),
+                (_, Some(client)) => client,
+                _ => crate::identity::client_ip(
+                    conn.peer.ip(),
+                    request.headers(),
+                    &config.global.trusted_proxies,
+                ),
+            },
         };
         let mut passthrough = match admission.admit(kind, &mut request).await {
             Ok(passthrough) => passthrough,
