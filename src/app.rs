@@ -91,6 +91,7 @@ pub struct Gateway {
     upstreams: Arc<ArcSwap<Upstreams>>,
     tls: Arc<ArcSwap<Option<Arc<TlsAcceptorCell>>>>,
     conn_tracker: Arc<ConnTracker>,
+    inflight: Arc<crate::frontend::concurrency::InFlight>,
     listeners: Mutex<Listeners>,
     /// Serialises reloads, whoever asks.
     reloading: Mutex<()>,
@@ -133,6 +134,7 @@ impl Gateway {
             upstreams: Arc::new(ArcSwap::from_pointee(upstreams)),
             tls: Arc::new(ArcSwap::from_pointee(tls)),
             conn_tracker: ConnTracker::new(),
+            inflight: crate::frontend::concurrency::InFlight::new(),
             listeners: Mutex::new(Listeners::default()),
             reloading: Mutex::new(()),
             connections: TaskTracker::new(),
@@ -333,6 +335,7 @@ impl Gateway {
             engine: Arc::clone(&self.engine),
             upstreams: Arc::clone(&self.upstreams),
             metrics: Arc::clone(&self.metrics),
+            inflight: Arc::clone(&self.inflight),
         };
         let screen = EngineScreen {
             engine: Arc::clone(&self.engine),

@@ -3,9 +3,11 @@
 //! [`net`]) start real gateways, upstreams and clients on 127.0.0.1.
 
 pub mod graphql;
+pub mod grpc;
 pub mod hook;
 pub mod net;
 pub mod redis;
+pub mod ws;
 
 use std::net::IpAddr;
 use std::sync::Arc;

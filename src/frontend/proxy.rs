@@ -12,6 +12,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use super::concurrency::InFlight;
+use super::grpc;
+use super::passthrough::{Admission, Kind, SendError};
 use super::respond::{self, HeaderOptions, Rejection};
 use crate::body::{self, Body, BoxError};
 use crate::decision::Decision;
@@ -43,17 +46,28 @@ pub struct Proxy {
     pub engine: Arc<Engine>,
     pub upstreams: Arc<ArcSwap<Upstreams>>,
     pub metrics: Arc<ServerMetrics>,
+    /// Open WebSocket connections and gRPC calls per identity (this instance).
+    pub inflight: Arc<InFlight>,
 }
+
+/// Marks a response the gateway made itself (not the upstream's), so a gRPC
+/// caller can get it as a gRPC status instead.
+#[derive(Debug, Clone, Copy)]
+struct GatewayAnswer;
 
 impl Handler for Proxy {
     async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
+        let grpc = grpc::is_grpc(request.headers());
         // GraphQL routes: the body is read and analysed first (src/graphql/).
-        let response = match crate::graphql::gate(&self.engine, request, conn.peer.ip()).await {
+        let mut response = match crate::graphql::gate(&self.engine, request, conn.peer.ip()).await {
             Gate::Pass(request) => self.proxy(request, conn, None).await,
             Gate::Analysed(request, charge) => self.proxy(request, conn, charge.as_ref()).await,
             Gate::Reject(rejection) => reply(rejection),
         };
+        if grpc && response.extensions().get::<GatewayAnswer>().is_some() {
+            response = grpc::from_gateway_answer(response.status(), response.headers().clone());
+        }
         self.metrics.request_duration.observe(started.elapsed());
         response
     }
@@ -62,7 +76,7 @@ impl Handler for Proxy {
 impl Proxy {
     async fn proxy<B>(
         &self,
-        request: Request<B>,
+        mut request: Request<B>,
         conn: ConnInfo,
         graphql: Option<&Charge>,
     ) -> Response<Body>
@@ -106,6 +120,7 @@ impl Proxy {
         // A cheap reference-counted copy: the request itself moves on upstream.
         let host = request_host(&request);
         let client_version = request.version();
+        let kind = Kind::of(&request);
         let decision = {
             let facts = RequestFacts {
                 peer: conn.peer.ip(),
@@ -126,9 +141,18 @@ impl Proxy {
         if let Some(rejection) =
             graphql_rejection.or_else(|| respond::rejection(&decision, options, now))
         {
-            return reply(rejection);
+            return match kind {
+                Kind::Grpc => grpc::rejection(&decision, rejection),
+                _ => reply(rejection),
+            };
         }
-        let Decision::Allow { quota, route, .. } = decision else {
+        let Decision::Allow {
+            quota,
+            route,
+            whitelisted,
+            ..
+        } = decision
+        else {
             return reply(Rejection::json(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 r#"{"error":"internal"}"#.into(),
@@ -151,22 +175,47 @@ impl Proxy {
             .trusted_proxies
             .iter()
             .any(|net| net.contains(&conn.peer.ip()));
-        let outgoing = forwarded_request(request, conn, host, trusted, max_body);
+        let admission = Admission {
+            engine: &self.engine,
+            snapshot: &snapshot,
+            inflight: &self.inflight,
+            route: route.as_deref(),
+            exempt: whitelisted || !config.global.enabled,
+            // Plain HTTP has no protocol limits: spare it the header walk.
+            client_ip: match (kind, ddos_client) {
+                (Kind::Http, _) => conn.peer.ip(),
+                (_, Some(client)) => client,
+                _ => crate::identity::client_ip(
+                    conn.peer.ip(),
+                    request.headers(),
+                    &config.global.trusted_proxies,
+                ),
+            },
+        };
+        let mut passthrough = match admission.admit(kind, &mut request).await {
+            Ok(passthrough) => passthrough,
+            Err(decision) => return self.protocol_rejection(kind, &decision, options),
+        };
+        let mut outgoing = forwarded_request(request, conn, host, trusted, max_body);
+        passthrough.prepare(&mut outgoing, &self.engine);
         let upstreams = self.upstreams.load_full();
-        let mut response = match upstreams.send(&upstream_name, outgoing).await {
-            Ok(response) => response.map(body::stream),
-            Err(error) => {
+        let mut response = match passthrough.send(&upstreams, &upstream_name, outgoing).await {
+            Ok(response) => response,
+            Err(SendError::Upstream(error)) => {
                 let rejection = self.upstream_failed(&upstream_name, &error, max_body);
                 if rejection.status == StatusCode::PAYLOAD_TOO_LARGE {
                     ddos_event(DdosEvent::Guard);
                 }
                 return reply(rejection);
             }
+            Err(SendError::StreamExhausted(trailers)) => return grpc::exhausted_response(trailers),
         };
         if response.status().is_client_error() || response.status().is_server_error() {
             ddos_event(DdosEvent::UpstreamError);
         }
         strip_hop_by_hop(response.headers_mut());
+        // After the stripping: a WebSocket 101 gets its Upgrade headers back.
+        let mut response = passthrough.finish(response, &self.engine);
         // The client speaks its own version with us, whatever the upstream spoke (e.g. HTTP/1.0).
         *response.version_mut() = client_version;
         if let Some(quota) = &quota {
@@ -176,6 +225,24 @@ impl Proxy {
             charge.add_headers(response.headers_mut(), &extra_verdicts);
         }
         response
+    }
+
+    /// A WebSocket handshake or gRPC call over one of its route's protocol limits.
+    fn protocol_rejection(
+        &self,
+        kind: Kind,
+        decision: &Decision,
+        options: HeaderOptions,
+    ) -> Response<Body> {
+        let rejection = respond::rejection(decision, options, self.engine.now());
+        match (kind, rejection) {
+            (Kind::Grpc, Some(rejection)) => grpc::rejection(decision, rejection),
+            (_, Some(rejection)) => reply(rejection),
+            (_, None) => reply(Rejection::json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"error":"internal"}"#.into(),
+            )),
+        }
     }
 
     fn upstream_failed(&self, upstream: &str, error: &UpstreamError, max_body: u64) -> Rejection {
@@ -198,6 +265,7 @@ fn reply(rejection: Rejection) -> Response<Body> {
     let mut response = Response::new(body::full(rejection.body));
     *response.status_mut() = rejection.status;
     *response.headers_mut() = rejection.headers;
+    response.extensions_mut().insert(GatewayAnswer);
     response
 }
 
