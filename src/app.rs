@@ -26,7 +26,7 @@ use crate::metrics::ServerMetrics;
 use crate::protect::conn_screen::EngineScreen;
 use crate::reload::{self, ReloadTrigger};
 use crate::server::{ConnScreen, ConnSettings, ConnTracker, Handler, Listener};
-use crate::store::{MemoryStore, RedisStore, RedisStoreOptions, Store};
+use crate::store::{MemoryStore, RedisShared, RedisStore, RedisStoreOptions, Store};
 use crate::tls::{self, TlsAcceptorCell};
 use crate::upstream::Upstreams;
 
@@ -125,7 +125,14 @@ impl Gateway {
                 (redis.clone(), Some(redis))
             }
         };
+        let shared_redis =
+            (config.storage.kind == StorageType::Redis).then(|| config.storage.redis.clone());
         let engine = Arc::new(Engine::new(config, store, Arc::new(SystemClock)));
+        // With Redis, lists and blocks are shared by every instance too.
+        if let Some(redis_config) = shared_redis {
+            RedisShared::start(&redis_config, &engine)
+                .map_err(|e| StartError::Redis(e.to_string()))?;
+        }
         let gateway = Arc::new_cyclic(|me| Gateway {
             config_path,
             engine,

@@ -24,6 +24,7 @@ use crate::protect::blocks::{Block, BlockReason, Blocks};
 use crate::protect::ddos::Event as DdosEvent;
 use crate::protect::ddos::guard::DdosGuard;
 use crate::protect::lists::{ListMatch, Lists};
+use crate::protect::shared::{Change, SharedSink};
 use crate::route::{self, RouteRequest};
 use crate::snapshot::{Rule, Snapshot};
 use crate::stats::Stats;
@@ -67,6 +68,7 @@ pub struct Engine {
     /// `None` while `ddos_protection` is disabled; rebuilt (counts lost) only
     /// when a reload changes that section.
     ddos: ArcSwapOption<DdosGuard>,
+    shared: std::sync::OnceLock<Arc<dyn SharedSink>>,
 }
 
 impl Engine {
@@ -79,6 +81,7 @@ impl Engine {
         let snapshot = Snapshot::compile(Arc::new(config), &stats, &requests);
         Engine {
             ddos,
+            shared: std::sync::OnceLock::new(),
             snapshot: ArcSwap::from_pointee(snapshot),
             store,
             clock,
@@ -110,6 +113,39 @@ impl Engine {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Where this instance's list and block changes go for the others to
+    /// see (set once at start when the store is shared).
+    pub fn set_shared(&self, sink: Arc<dyn SharedSink>) {
+        let _ = self.shared.set(sink);
+    }
+
+    /// Passes a change of the lists or blocks on to the other instances.
+    pub fn share(&self, change: Change) {
+        if let Some(sink) = self.shared.get() {
+            sink.publish(change);
+        }
+    }
+
+    /// Blocks `identity` and, when the block is new, shares it.
+    fn block_and_share(
+        &self,
+        identity: &str,
+        reason: BlockReason,
+        rule: Option<&str>,
+        now: Nanos,
+        until: Nanos,
+    ) {
+        if self.blocks.block(identity, reason, rule, now, until) {
+            self.share(Change::Block(Block {
+                identity: identity.to_string(),
+                reason,
+                rule: rule.map(str::to_string),
+                since: now,
+                until,
+            }));
+        }
     }
 
     /// DDoS protection, while it is enabled.
@@ -431,7 +467,7 @@ impl Engine {
                 report(false);
                 if !rule.block_duration.is_zero() {
                     let until = now.saturating_add(rule.block_duration.as_nanos() as u64);
-                    self.blocks.block(
+                    self.block_and_share(
                         &identities[i],
                         BlockReason::Violation,
                         Some(&rule.name),
@@ -499,8 +535,7 @@ impl Engine {
         let offence = guard.observe(client_ip, path, now)?;
         let until =
             now.saturating_add(u64::try_from(offence.block_for.as_nanos()).unwrap_or(u64::MAX));
-        self.blocks
-            .block(&offence.identity, BlockReason::Ddos, None, now, until);
+        self.block_and_share(&offence.identity, BlockReason::Ddos, None, now, until);
         Some(Decision::Blocked {
             by: BlockedBy::Ddos,
             retry_after: Some(offence.block_for),

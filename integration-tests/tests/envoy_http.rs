@@ -263,7 +263,10 @@ mod examples {
         // the compose file's Redis service.
         if rel.starts_with("docker/") {
             assert_eq!(loaded.config.storage.kind, StorageType::Redis, "{rel}");
-            assert_eq!(loaded.config.storage.redis.url, "redis://redis:6379/0", "{rel}");
+            assert_eq!(
+                loaded.config.storage.redis.url, "redis://redis:6379/0",
+                "{rel}"
+            );
         } else {
             assert_eq!(loaded.config.storage.kind, StorageType::Memory, "{rel}");
         }

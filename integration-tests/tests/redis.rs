@@ -920,3 +920,116 @@ async fn a_cluster_node_restart_loses_at_most_its_own_counters() {
     );
     assert!(on_node > 0 && on_node < ids.len());
 }
+
+/// Waits (polling, at most `within`) until `check` holds.
+async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check().await
+}
+
+/// Lists and blocks changed on one instance apply on the other within the
+/// refresh (1 s, plus a round trip), and so do their removals (on an
+/// instance that made the change itself less than 2 s before, after that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_and_blocks_changed_on_one_gateway_apply_on_the_other() {
+    if !redis_available("lists_and_blocks_changed_on_one_gateway_apply_on_the_other") {
+        return;
+    }
+    let upstream = start_upstream().await;
+    let prefix = unique_prefix("shared");
+    let yaml = gateway_yaml(&redis_url(), &prefix, "allow", "2s", 3)
+        .replace(
+            "admin: { listen: 127.0.0.1:0 }",
+            "admin: { listen: 127.0.0.1:0, token: s3cret }",
+        )
+        .replace(
+            "key: \"header:x-client\" }",
+            "key: \"header:x-client\", block_duration: 10m }",
+        );
+    let a = start_gateway(&yaml, Some(upstream.addr)).await;
+    let b = start_gateway(&yaml, Some(upstream.addr)).await;
+    let client = http1_client();
+    // A new caller name for every probe of the lists, so that probing never
+    // spends a rule's quota (3 an hour per caller).
+    let probes = AtomicU64::new(0);
+    let status_on = |gateway: &integration_tests::net::RunningGateway, who: &'static str| {
+        let who = match who {
+            "anyone" => format!("probe-{}", probes.fetch_add(1, Ordering::Relaxed)),
+            named => named.to_string(),
+        };
+        let (client, url) = (client.clone(), gateway.url("/x"));
+        async move { send(&client, get(&url, &[("x-client", &who)])).await.status }
+    };
+    let admin =
+        |gateway: &integration_tests::net::RunningGateway, method: &str, path: &str, body: &str| {
+            let request = http::Request::builder()
+                .method(method)
+                .uri(format!("http://{}{path}", gateway.admin()))
+                .header("authorization", "Bearer s3cret")
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    body.to_string(),
+                )))
+                .expect("request");
+            let client = client.clone();
+            async move { send(&client, request).await.status }
+        };
+    let within = Duration::from_secs(5);
+
+    // A blacklist entry added on A refuses the address on B.
+    assert_eq!(status_on(&b, "anyone").await, StatusCode::OK);
+    assert_eq!(
+        admin(
+            &a,
+            "POST",
+            "/lists/blacklist",
+            r#"{"entry":"127.0.0.1","duration":"1h"}"#
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    assert!(
+        eventually(within, async || status_on(&b, "anyone").await
+            == StatusCode::FORBIDDEN)
+        .await
+    );
+    // Removed on B, it is gone on A too.
+    assert_eq!(
+        admin(&b, "DELETE", "/lists/blacklist/127.0.0.1", "").await,
+        StatusCode::OK
+    );
+    assert!(
+        eventually(within, async || status_on(&a, "anyone").await
+            == StatusCode::OK)
+        .await
+    );
+
+    // A violation block earned on A holds on B.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(status_on(&a, "mallory").await);
+    }
+    assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+    assert!(
+        eventually(within, async || status_on(&b, "mallory").await
+            == StatusCode::FORBIDDEN)
+        .await
+    );
+    // Lifted on B, A serves the caller again (its quota is still spent: 429, not 403).
+    assert_eq!(
+        admin(&b, "DELETE", "/blocks/header%3Ax-client%3Dmallory", "").await,
+        StatusCode::OK
+    );
+    assert!(
+        eventually(within, async || status_on(&a, "mallory").await
+            == StatusCode::TOO_MANY_REQUESTS)
+        .await
+    );
+    delete_prefix(&redis_url(), &prefix);
+}

@@ -18,6 +18,7 @@ use crate::limit::{NANOS_PER_SEC, Nanos};
 use crate::metrics::{self, EngineGauges};
 use crate::protect::blocks::{Block, BlockReason};
 use crate::protect::lists::{EntrySource, ListEntry, ListKind, parse_entry};
+use crate::protect::shared::Change;
 use crate::stats::{RECENT_CAPACITY, StatsSnapshot};
 
 /// How many violations `GET /violations` answers without `limit`.
@@ -250,6 +251,7 @@ pub fn list_add(
     let now = context.engine.now();
     let expires = duration.map(|d| now.saturating_add(d.as_nanos().min(u64::MAX as u128) as u64));
     context.engine.lists().add(net, kind, expires);
+    context.engine.share(Change::ListAdd { kind, net, expires });
     let entry = entry_text(&net);
     tracing::info!(
         admin.action = if kind == ListKind::Blacklist { "blacklist_add" } else { "whitelist_add" },
@@ -304,6 +306,7 @@ pub fn list_remove(
             &format!("{entry} is not on the {}", list_name(kind)),
         );
     }
+    context.engine.share(Change::ListRemove { kind, net });
     tracing::info!(
         admin.action = if kind == ListKind::Blacklist { "blacklist_remove" } else { "whitelist_remove" },
         entry = %entry,
@@ -324,6 +327,10 @@ pub fn unblock(context: &AdminContext, raw: &str, peer: Option<SocketAddr>) -> R
     // An ended block still held until the next sweep is dropped too, but
     // reported as absent: there was nothing to lift.
     blocks.unblock(&identity);
+    // Lifted everywhere, even when this instance had not heard of it yet.
+    context.engine.share(Change::Unblock {
+        identity: identity.clone(),
+    });
     if !active {
         return error(
             StatusCode::NOT_FOUND,

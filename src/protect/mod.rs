@@ -5,3 +5,4 @@ pub mod blocks;
 pub mod conn_screen;
 pub mod ddos;
 pub mod lists;
+pub mod shared;

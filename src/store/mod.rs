@@ -4,7 +4,7 @@
 mod memory;
 mod redis;
 
-pub use self::redis::{BreakerConfig, BreakerState, RedisStore, RedisStoreOptions};
+pub use self::redis::{BreakerConfig, BreakerState, RedisShared, RedisStore, RedisStoreOptions};
 pub use memory::MemoryStore;
 
 use std::future::Future;

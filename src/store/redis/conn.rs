@@ -71,6 +71,14 @@ impl Conn {
         }
     }
 
+    /// Any command, on whichever node holds its key.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
+    }
+
     pub async fn ping(&self) -> RedisResult<()> {
         let cmd = redis::cmd("PING");
         match self {

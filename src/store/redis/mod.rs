@@ -8,8 +8,10 @@ mod cache;
 mod conn;
 mod keys;
 mod script;
+mod shared;
 
 pub use breaker::{BreakerConfig, BreakerState};
+pub use shared::RedisShared;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
