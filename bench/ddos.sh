@@ -16,6 +16,8 @@
 # Needs: wrk, curl (apt-get install wrk curl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
+need wrk curl nginx
 
 FLOOD_SECONDS=${FLOOD_SECONDS:-10}
 DISTINCT=${DISTINCT:-1000000}
@@ -23,38 +25,10 @@ UPSTREAM_PORT=18180
 RT_PORT=18181
 ADMIN_PORT=18189
 
-for tool in wrk curl nginx; do
-    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install wrk curl nginx" >&2; exit 1; }
-done
 
 cargo build --release --quiet
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
 
-mkdir -p "$work/up"
-cat > "$work/up/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/up/nginx.pid;
-error_log $work/up/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$UPSTREAM_PORT;
-        location / { return 200 "hello, world\n"; }
-    }
-}
-CONF
-nginx -c "$work/up/nginx.conf" -p "$work/up" &
-pids+=($!)
+start_nginx_upstream "$UPSTREAM_PORT" '"hello, world\n"'
 
 # Clients arrive through a trusted proxy (this machine), each with the address
 # in X-Forwarded-For; SPEC.md's DDoS defaults; a generous per-address rule.
@@ -74,14 +48,6 @@ RUST_LOG=warn ./target/release/ratethrottle serve --workers 1 --config "$work/ra
 rt_pid=$!
 pids+=("$rt_pid")
 
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "port $1 never opened" >&2
-    exit 1
-}
 wait_port $UPSTREAM_PORT
 wait_port $RT_PORT
 

@@ -12,6 +12,8 @@
 # Needs: nginx, wrk (apt-get install nginx wrk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
+need nginx wrk
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8s}
@@ -20,39 +22,10 @@ UPSTREAM_PORT=18180
 RT_PORT=18181
 ADMIN_PORT=18189
 
-for tool in nginx wrk; do
-    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nginx wrk" >&2; exit 1; }
-done
 
 cargo build --release --quiet
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
 
-mkdir -p "$work/up"
-cat > "$work/up/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/up/nginx.pid;
-error_log $work/up/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_buffer_size 16k;
-    server {
-        listen 127.0.0.1:$UPSTREAM_PORT;
-        location / { return 200 "{\"data\":{}}\n"; }
-    }
-}
-CONF
-nginx -c "$work/up/nginx.conf" -p "$work/up" &
-pids+=($!)
+start_nginx_upstream "$UPSTREAM_PORT" '"{\"data\":{}}\n"'
 
 cat > "$work/ratethrottle.yaml" <<CONF
 server:
@@ -81,6 +54,7 @@ CONF
 RUST_LOG=warn ./target/release/ratethrottle serve --workers 1 --config "$work/ratethrottle.yaml" &
 pids+=($!)
 
+# shellcheck disable=SC2016 # a GraphQL query with its variables, not shell
 query='query Feed($n: Int = 20) { me { id name avatar(size: 64) } feed(first: $n) { pageInfo { hasNextPage endCursor } edges { cursor node { id createdAt author { id name } ... on Post { title body likes(first: 3) { edges { node { id name } } } } comments(first: 10) { totalCount edges { node { id text author { id name } } } } } } } }'
 body=$(printf '{"query":"%s","variables":{"n":20}}' "$query")
 printf '%s' "$body" > "$work/body.json"
@@ -92,14 +66,6 @@ f:close()
 wrk.headers["Content-Type"] = "application/json"
 LUA
 
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "port $1 never opened" >&2
-    exit 1
-}
 for port in $UPSTREAM_PORT $RT_PORT; do wait_port "$port"; done
 curl -sf -X POST -H 'content-type: application/json' --data-binary @"$work/body.json" \
     "http://127.0.0.1:$RT_PORT/graphql" -D - -o /dev/null | grep -i '^x-graphql-cost' \

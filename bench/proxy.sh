@@ -15,6 +15,8 @@
 # Needs: nginx, haproxy, wrk (apt-get install nginx haproxy wrk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
+need nginx haproxy wrk
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
@@ -26,40 +28,12 @@ HAPROXY_PORT=18083
 HYPER_PORT=18084
 ADMIN_PORT=18089
 
-for tool in nginx haproxy wrk; do
-    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nginx haproxy wrk" >&2; exit 1; }
-done
 
 cargo build --release --quiet
 CARGO_TARGET_DIR="$PWD/target" cargo build --release --quiet --manifest-path bench/ceiling/Cargo.toml --bin hyper-proxy
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
 
 # The upstream: nginx answering a fixed 13-byte body, one worker.
-mkdir -p "$work/up"
-cat > "$work/up/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/up/nginx.pid;
-error_log $work/up/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$UPSTREAM_PORT;
-        location / { return 200 "hello, world\n"; }
-    }
-}
-CONF
-nginx -c "$work/up/nginx.conf" -p "$work/up" &
-pids+=($!)
+start_nginx_upstream "$UPSTREAM_PORT" '"hello, world\n"'
 
 # ratethrottle: one rule on every request, one worker thread.
 cat > "$work/ratethrottle.yaml" <<CONF
@@ -136,14 +110,6 @@ pid_of[haproxy]=$!
 pids+=($!)
 pid_of[hyper-proxy]=$!
 
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "port $1 never opened" >&2
-    exit 1
-}
 for port in $UPSTREAM_PORT $RT_PORT $NGINX_PORT $HAPROXY_PORT $HYPER_PORT; do wait_port "$port"; done
 
 # Checks that each target really proxies, and that ratethrottle adds its headers.

@@ -37,7 +37,6 @@ trap cleanup EXIT
 
 "$load" serve "$WS_PORT" "$GRPC_PORT" &
 pids+=($!)
-upstream_pid=$!
 
 cat > "$work/ratethrottle.yaml" <<CONF
 server:
