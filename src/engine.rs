@@ -524,15 +524,15 @@ impl Engine {
         path: &str,
         now: Nanos,
     ) -> Option<Decision> {
-        let (address, prefix) = guard.identities(client_ip);
-        let held = std::iter::once(&address)
-            .chain(prefix.as_ref())
+        let identities = guard.identities(client_ip);
+        let held = std::iter::once(&identities.0)
+            .chain(identities.1.as_ref())
             .filter_map(|id| self.blocks.active(id, now))
             .max_by_key(|block| block.until);
         if let Some(block) = held {
             return Some(blocked(&block, now));
         }
-        let offence = guard.observe(client_ip, path, now)?;
+        let offence = guard.observe(identities, path, now)?;
         let until =
             now.saturating_add(u64::try_from(offence.block_for.as_nanos()).unwrap_or(u64::MAX));
         self.block_and_share(&offence.identity, BlockReason::Ddos, None, now, until);

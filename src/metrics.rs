@@ -462,26 +462,22 @@ pub fn render(
         "counter",
         "Connections closed at accept, by limit.",
     );
-    let _ = writeln!(
-        out,
-        "ratethrottle_connections_rejected_total{{reason=\"max_connections\"}} {}",
-        load(&server.connections_rejected_total)
-    );
-    let _ = writeln!(
-        out,
-        "ratethrottle_connections_rejected_total{{reason=\"max_connections_per_ip\"}} {}",
-        load(&server.connections_rejected_per_ip)
-    );
-    let _ = writeln!(
-        out,
-        "ratethrottle_connections_rejected_total{{reason=\"blocked\"}} {}",
-        load(&server.connections_refused_blocked)
-    );
-    let _ = writeln!(
-        out,
-        "ratethrottle_connections_rejected_total{{reason=\"under_attack\"}} {}",
-        load(&server.connections_shed)
-    );
+    let rejected = [
+        ("max_connections", &server.connections_rejected_total),
+        (
+            "max_connections_per_ip",
+            &server.connections_rejected_per_ip,
+        ),
+        ("blocked", &server.connections_refused_blocked),
+        ("under_attack", &server.connections_shed),
+    ];
+    for (reason, counter) in rejected {
+        let _ = writeln!(
+            out,
+            "ratethrottle_connections_rejected_total{{reason=\"{reason}\"}} {}",
+            load(counter)
+        );
+    }
     gauge(
         &mut out,
         "ratethrottle_connection_timeouts_total",

@@ -63,10 +63,16 @@ impl DdosGuard {
         (ip_identity(ip), self.analyzer.prefix_identity(ip))
     }
 
-    /// Counts one request of the client at `ip` to `path`. Returns the
-    /// offence to block when the client (or its IPv6 prefix) now looks like an
-    /// attack and `auto_block` is on.
-    pub fn observe(&self, ip: IpAddr, path: &str, now: Nanos) -> Option<Offence> {
+    /// Counts one request to `path` of the client known by `identities` (as
+    /// [`DdosGuard::identities`] gives them; the caller has them already for
+    /// its block check). Returns the offence to block when the client (or
+    /// its IPv6 prefix) now looks like an attack and `auto_block` is on.
+    pub fn observe(
+        &self,
+        identities: (String, Option<String>),
+        path: &str,
+        now: Nanos,
+    ) -> Option<Offence> {
         if let Some(mode) = self.analyzer.attack_mode()
             && let Some(transition) = mode.record(now)
         {
@@ -87,7 +93,7 @@ impl DdosGuard {
                 ),
             }
         }
-        let (address, prefix) = self.identities(ip);
+        let (address, prefix) = identities;
         let mut worst: Option<(String, f64)> = None;
         for identity in std::iter::once(address).chain(prefix) {
             let pattern = self.analyzer.observe(&identity, path, now);
