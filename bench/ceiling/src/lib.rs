@@ -9,6 +9,9 @@ pub struct ServerArgs {
     pub workers: Option<usize>,
     /// Where `hyper-proxy` forwards to.
     pub upstream: Option<SocketAddr>,
+    /// `hyper-proxy` speaks HTTP/2 (prior knowledge) to the upstream, as
+    /// ratethrottle does to an upstream with `http2: true` (gRPC).
+    pub http2: bool,
 }
 
 impl ServerArgs {
@@ -18,7 +21,7 @@ impl ServerArgs {
             Ok(args) => args,
             Err(message) => {
                 eprintln!(
-                    "{program}: {message}\nusage: {program} --listen ADDR [--workers N] [--upstream ADDR]"
+                    "{program}: {message}\nusage: {program} --listen ADDR [--workers N] [--upstream ADDR] [--http2]"
                 );
                 std::process::exit(2);
             }
@@ -29,6 +32,7 @@ impl ServerArgs {
         let mut listen = None;
         let mut workers = None;
         let mut upstream = None;
+        let mut http2 = false;
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
             match arg.as_str() {
@@ -44,6 +48,7 @@ impl ServerArgs {
                     let text = value("--upstream")?;
                     upstream = Some(text.parse().map_err(|_| format!("bad address {text:?}"))?);
                 }
+                "--http2" => http2 = true,
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -51,6 +56,7 @@ impl ServerArgs {
             listen: listen.ok_or("--listen is required")?,
             workers,
             upstream,
+            http2,
         })
     }
 

@@ -1,7 +1,8 @@
 //! The smallest reverse proxy on ratethrottle's own stack: hyper-util's auto
 //! server builder in front of hyper-util's pooled legacy client, forwarding
 //! every request as it came and the answer as it comes back, no decision, no
-//! headers added, no timeouts. bench/proxy.sh runs it beside ratethrottle:
+//! headers added, no timeouts. bench/proxy.sh runs it beside ratethrottle (and
+//! bench/ws-grpc.sh with `--http2`, for gRPC):
 //! the gap between the two is ratethrottle's own work, the gap between this
 //! and nginx is the stack's.
 
@@ -51,11 +52,16 @@ fn status(
     response
 }
 
-async fn serve(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<()> {
+async fn serve(listen: SocketAddr, upstream: SocketAddr, http2: bool) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    // As ratethrottle dials: without TCP_NODELAY, small HTTP/2 frames wait
+    // for delayed ACKs (40 ms a call).
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
     let client: Upstream = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1024)
-        .build_http();
+        .http2_only(http2)
+        .build(connector);
     let authority: Authority = upstream
         .to_string()
         .parse()
@@ -87,5 +93,5 @@ fn main() -> std::io::Result<()> {
         eprintln!("hyper-proxy: --upstream ADDR is required");
         std::process::exit(2);
     };
-    args.runtime()?.block_on(serve(args.listen, upstream))
+    args.runtime()?.block_on(serve(args.listen, upstream, args.http2))
 }
