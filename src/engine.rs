@@ -374,7 +374,7 @@ impl Engine {
         let extra_identity = match identities.first() {
             _ if extra.is_empty() => String::new(),
             Some(identity) => identity.clone(),
-            None => ip_identity(client_ip),
+            None => identity::ip_identity(client_ip),
         };
         let checks: SmallVec<[LimitCheck<'_>; 4]> = rules
             .iter()
@@ -505,7 +505,11 @@ impl Engine {
         identities: &[String],
         now: Nanos,
     ) -> Option<Decision> {
-        let ip_identity = ip_identity(client_ip);
+        // Nearly always: nothing is blocked, and the identity need not be built.
+        if self.blocks.is_empty() {
+            return None;
+        }
+        let ip_identity = identity::ip_identity(client_ip);
         std::iter::once(&ip_identity)
             .chain(identities)
             .filter_map(|id| self.blocks.active(id, now))
@@ -633,23 +637,6 @@ pub enum CheckRuleError {
     UnknownRule(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// The identity `key: ip` gives this client.
-fn ip_identity(client_ip: IpAddr) -> String {
-    let mut out = String::with_capacity(24);
-    identity::KeySpec::ip().identity_into(
-        &IdentitySource {
-            client_ip,
-            method: "",
-            path: "",
-            query: None,
-            headers: &HeaderMap::new(),
-            route: None,
-        },
-        &mut out,
-    );
-    out
 }
 
 /// A limit a front end adds to a request's store batch (see

@@ -94,9 +94,7 @@ impl KeySpec {
                     out.push('=');
                     out.push_str(value);
                 }
-                None => {
-                    let _ = write!(out, "ip:{}", request.client_ip);
-                }
+                None => push_ip_identity(out, request.client_ip),
             }
         }
     }
@@ -106,6 +104,18 @@ impl KeySpec {
         self.identity_into(request, &mut out);
         out
     }
+}
+
+/// The identity `key: ip` gives a client: `ip:203.0.113.9`.
+pub fn ip_identity(client_ip: IpAddr) -> String {
+    let mut out = String::with_capacity(24);
+    push_ip_identity(&mut out, client_ip);
+    out
+}
+
+fn push_ip_identity(out: &mut String, client_ip: IpAddr) {
+    out.push_str("ip:");
+    crate::text::push_ip(out, client_ip);
 }
 
 impl fmt::Display for KeySpec {

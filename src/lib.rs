@@ -29,6 +29,7 @@ pub mod server;
 pub mod snapshot;
 pub mod stats;
 pub mod store;
+pub mod text;
 pub mod tls;
 #[cfg(feature = "tower")]
 pub mod tower_layer;

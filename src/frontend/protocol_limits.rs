@@ -28,16 +28,31 @@ const CONCURRENCY_RETRY: Duration = Duration::from_secs(1);
 
 /// The name a protocol limit is reported and counted under:
 /// `chat.websocket.connections_per_minute`.
+/// (Built on every call, so by hand rather than through `format!`.)
 pub fn limit_name(route: Option<&str>, protocol: &str, key: &str) -> String {
-    match route {
-        Some(route) => format!("{route}.{protocol}.{key}"),
-        None => format!("{protocol}.{key}"),
+    let mut name = String::with_capacity(48);
+    if let Some(route) = route {
+        name.push_str(route);
+        name.push('.');
     }
+    name.push_str(protocol);
+    name.push('.');
+    name.push_str(key);
+    name
 }
 
 /// The identity protocol limits count: the client address, as the `ip` key.
 pub fn identity(client_ip: IpAddr) -> String {
-    format!("ip:{client_ip}")
+    crate::identity::ip_identity(client_ip)
+}
+
+/// `first` and `second` joined by `separator`, in one allocation.
+pub fn joined(first: &str, separator: char, second: &str) -> String {
+    let mut out = String::with_capacity(first.len() + 1 + second.len());
+    out.push_str(first);
+    out.push(separator);
+    out.push_str(second);
+    out
 }
 
 /// Who a protocol limit is checked for, for the violation report.
@@ -183,4 +198,23 @@ fn seed(name: &str, strategy: &str) -> u64 {
         hasher.write(part.as_bytes());
     }
     hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_keys_are_joined_as_reported() {
+        assert_eq!(
+            limit_name(Some("chat"), "websocket", "connections_per_minute"),
+            "chat.websocket.connections_per_minute"
+        );
+        assert_eq!(
+            limit_name(None, "grpc", "requests_per_minute"),
+            "grpc.requests_per_minute"
+        );
+        assert_eq!(joined("a.b", '\0', "ip:10.0.0.1"), "a.b\0ip:10.0.0.1");
+        assert_eq!(identity("10.0.0.1".parse().unwrap()), "ip:10.0.0.1");
+    }
 }

@@ -11,6 +11,7 @@ use http::header::{CONTENT_LENGTH, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use smallvec::SmallVec;
 
 use super::concurrency::InFlight;
 use super::grpc;
@@ -57,6 +58,16 @@ struct GatewayAnswer;
 
 impl Handler for Proxy {
     async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        // The work below is a future of some 4 KiB, and hyper moves the
+        // handler's future several times before polling it (into the
+        // connection's state; for HTTP/2 into a task of its own). Boxed,
+        // it is built once, in place, and only a pointer moves.
+        Box::pin(self.answer(request, conn)).await
+    }
+}
+
+impl Proxy {
+    async fn answer(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
         let grpc = grpc::is_grpc(request.headers());
         // GraphQL routes: the body is read and analysed first (src/graphql/).
@@ -71,9 +82,7 @@ impl Handler for Proxy {
         self.metrics.request_duration.observe(started.elapsed());
         response
     }
-}
 
-impl Proxy {
     async fn proxy<B>(
         &self,
         mut request: Request<B>,
@@ -318,8 +327,14 @@ where
     // From a trusted proxy we extend its chain; from anyone else the chain
     // would be the client's invention, so it starts over with the peer.
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(chain) if trusted_peer => format!("{chain}, {peer}"),
-        _ => peer.to_string(),
+        Some(chain) if trusted_peer => {
+            let mut list = String::with_capacity(chain.len() + 17);
+            list.push_str(chain);
+            list.push_str(", ");
+            crate::text::push_ip(&mut list, peer);
+            list
+        }
+        _ => crate::text::ip_string(peer),
     };
     // The string's buffer becomes the header value as it is, without a copy.
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded_for)) {
@@ -346,32 +361,32 @@ where
 
 /// Removes hop-by-hop headers and any header the Connection header names.
 /// `te: trailers` survives: gRPC needs it end to end.
+/// One pass over the headers finds what to remove, so a message without
+/// hop-by-hop headers (most of them) costs no removals at all.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    let keeps_trailers = headers
-        .get(http::header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    for name in named {
-        headers.remove(name);
+    let mut doomed: SmallVec<[HeaderName; 4]> = SmallVec::new();
+    let mut keeps_trailers = false;
+    for (name, value) in headers.iter() {
+        if name == http::header::CONNECTION {
+            let listed = value.to_str().ok().into_iter().flat_map(|v| v.split(','));
+            doomed.extend(listed.filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()));
+        } else if name == http::header::TE {
+            keeps_trailers |= value.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+        }
+        // Upgrade is hop-by-hop too; WebSocket passthrough handles it separately.
+        if HOP_BY_HOP.contains(name) || name == http::header::UPGRADE {
+            doomed.push(name.clone());
+        }
     }
-    for name in &HOP_BY_HOP {
+    for name in doomed {
         headers.remove(name);
     }
     if keeps_trailers {
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     }
-    // Upgrade is hop-by-hop too; WebSocket passthrough handles it separately.
-    headers.remove(http::header::UPGRADE);
 }
 
 /// Whether the upstream request failed because the client's body ran past `max_body_bytes`.

@@ -1,8 +1,6 @@
 //! One table from [`Decision`] to the wire: status, rate-limit headers and the
 //! JSON body. The proxy and Envoy's HTTP and gRPC modes all answer with it.
 
-use std::fmt::Write as _;
-
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -10,6 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use crate::config::HeaderStyle;
 use crate::decision::{BlockedBy, Decision, Quota, retry_after_secs};
 use crate::limit::{NANOS_PER_SEC, Nanos};
+use crate::text::push_u64;
 
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -70,11 +69,18 @@ pub fn add_quota_headers(
     }
     if matches!(options.style, HeaderStyle::Ietf | HeaderStyle::Both) {
         let window = quota.window.as_secs().max(1);
-        let mut policy = String::with_capacity(48);
+        let mut policy = String::with_capacity(quota.rule.len() + 32);
         push_sf_string(&mut policy, &quota.rule);
         let mut current = policy.clone();
-        let _ = write!(policy, ";q={};w={window}", quota.limit);
-        let _ = write!(current, ";r={};t={reset_secs}", quota.remaining);
+        for (text, key, value, key2, value2) in [
+            (&mut policy, ";q=", quota.limit, ";w=", window),
+            (&mut current, ";r=", quota.remaining, ";t=", reset_secs),
+        ] {
+            text.push_str(key);
+            push_u64(text, value);
+            text.push_str(key2);
+            push_u64(text, value2);
+        }
         for (header, value) in [(RATELIMIT_POLICY, policy), (RATELIMIT, current)] {
             // The string's buffer becomes the header value as it is, without a copy.
             if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {

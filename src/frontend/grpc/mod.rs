@@ -15,7 +15,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use super::concurrency::{InFlight, InFlightGuard};
-use super::protocol_limits::{self, Caller, concurrency_exceeded, limit_name, per_minute};
+use super::protocol_limits::{self, Caller, concurrency_exceeded, joined, limit_name, per_minute};
 use super::respond::Rejection;
 use crate::body::{self, Body};
 use crate::config::GrpcLimits;
@@ -81,7 +81,7 @@ pub async fn admit(
     let guard = match limits.concurrent_requests {
         Some(max) => {
             let name = limit_name(route, "grpc", "concurrent_requests");
-            match inflight.try_acquire(&format!("{name}\0{identity}"), max) {
+            match inflight.try_acquire(&joined(&name, '\0', &identity), max) {
                 Some(guard) => Some(guard),
                 None => return Err(concurrency_exceeded(engine, caller, &name, &identity, max)),
             }
@@ -91,7 +91,7 @@ pub async fn admit(
     if let Some(limit) = limits.requests_per_minute {
         let name = limit_name(route, "grpc", "requests_per_minute");
         let identity = if limits.per_method {
-            format!("{identity} {path}")
+            joined(&identity, ' ', path)
         } else {
             identity
         };

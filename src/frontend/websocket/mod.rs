@@ -88,7 +88,7 @@ pub async fn admit(
     let guard = match limits.max_concurrent_connections {
         Some(max) => {
             let name = limit_name(route, "websocket", "max_concurrent_connections");
-            let key = format!("{name}\0{identity}");
+            let key = protocol_limits::joined(&name, '\0', &identity);
             match inflight.try_acquire(&key, max) {
                 Some(guard) => Some(guard),
                 None => return Err(concurrency_exceeded(engine, caller, &name, &identity, max)),
