@@ -2,18 +2,20 @@
 //! http:// or https:// (rustls), HTTP/1.1 or HTTP/2; a config reload keeps the
 //! client, and its open connections, of every upstream whose settings are unchanged.
 
+mod pool;
+
+pub use pool::PooledBody;
+use pool::{Pool, PoolConfig, PoolError};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::Scheme;
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
-use hyper_rustls::{ConfigBuilderExt, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
+use hyper_rustls::{ConfigBuilderExt, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::crypto::ring;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::CertificateDer;
@@ -36,8 +38,6 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// HTTP/2 pings on busy connections, so a dead peer fails long gRPC streams.
 const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-
-type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -134,10 +134,7 @@ struct Upstream {
     /// The ca_file contents the client trusts: a reload compares them too, so
     /// a CA rotated in place under the same path is picked up.
     ca_pem: Option<Vec<u8>>,
-    scheme: Scheme,
-    authority: Authority,
-    version: Version,
-    client: HttpClient,
+    pool: Arc<Pool>,
 }
 
 /// The clients of every configured upstream, by name. Cheap to clone.
@@ -196,37 +193,27 @@ impl Upstreams {
         &self,
         upstream: &str,
         mut request: Request<Body>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<PooledBody>, UpstreamError> {
         let up = self
             .by_name
             .get(upstream)
             .ok_or_else(|| UpstreamError::Unknown(upstream.to_string()))?;
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(up.scheme.clone());
-        parts.authority = Some(up.authority.clone());
-        parts.path_and_query = Some(
-            request
-                .uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        *request.uri_mut() = Uri::from_parts(parts).map_err(|e| UpstreamError::Protocol {
-            upstream: upstream.to_string(),
-            source: e.into(),
-        })?;
         // hyper refuses an HTTP/2 request on an HTTP/1 connection, and the
         // version the downstream client spoke says nothing about the upstream's.
-        *request.version_mut() = up.version;
+        *request.version_mut() = if up.config.http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
 
         let after = up.config.request_timeout;
-        match tokio::time::timeout(after, up.client.request(request)).await {
+        match tokio::time::timeout(after, up.pool.send(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect {
+            Ok(Err(PoolError::Connect(source))) => Err(UpstreamError::Connect {
                 upstream: upstream.to_string(),
-                source: e.into(),
+                source,
             }),
-            Ok(Err(e)) => Err(UpstreamError::Protocol {
+            Ok(Err(PoolError::Exchange(e))) => Err(UpstreamError::Protocol {
                 upstream: upstream.to_string(),
                 source: e.into(),
             }),
@@ -271,30 +258,23 @@ impl Upstream {
             connector.enable_http1().wrap_connector(http)
         };
 
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new());
-        if config.http2 {
-            // Prior knowledge on http://; over https:// ALPN offers only h2.
-            builder
-                .http2_only(true)
-                .http2_keep_alive_interval(H2_KEEPALIVE_INTERVAL)
-                .http2_keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
-        }
+        // With `http2`: prior knowledge on http://; over https:// ALPN offers only h2.
+        let pool = Pool::new(
+            PoolConfig {
+                scheme,
+                authority,
+                http2: config.http2,
+                max_idle: POOL_MAX_IDLE_PER_HOST,
+                idle_timeout: POOL_IDLE_TIMEOUT,
+                h2_keepalive_interval: H2_KEEPALIVE_INTERVAL,
+                h2_keepalive_timeout: H2_KEEPALIVE_TIMEOUT,
+            },
+            connector,
+        );
         Ok(Self {
             config: config.clone(),
             ca_pem,
-            scheme,
-            authority,
-            version: if config.http2 {
-                Version::HTTP_2
-            } else {
-                Version::HTTP_11
-            },
-            client: builder.build(connector),
+            pool,
         })
     }
 }
@@ -373,8 +353,9 @@ mod tests {
     use bytes::Bytes;
     use http_body::Frame;
     use http_body_util::BodyExt;
+    use hyper::body::Incoming;
     use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
     use std::convert::Infallible;
     use std::net::SocketAddr;
     use std::pin::Pin;
@@ -402,6 +383,8 @@ mod tests {
 
     enum Serve {
         Http1,
+        /// HTTP/1.1 that closes every connection after one response.
+        Http1Close,
         Http2,
         /// HTTP/1.1 or h2 by ALPN.
         Tls(Arc<rustls::ServerConfig>),
@@ -436,6 +419,11 @@ mod tests {
                 tokio::spawn(async move {
                     let _ = match &*serve {
                         Serve::Http1 => hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tcp), service_fn(echo))
+                            .await
+                            .map_err(BoxError::from),
+                        Serve::Http1Close => hyper::server::conn::http1::Builder::new()
+                            .keep_alive(false)
                             .serve_connection(TokioIo::new(tcp), service_fn(echo))
                             .await
                             .map_err(BoxError::from),
@@ -478,11 +466,11 @@ mod tests {
         Request::get(path).body(crate::body::empty()).unwrap()
     }
 
-    fn header<'a>(response: &'a Response<Incoming>, name: &str) -> &'a str {
+    fn header<'a>(response: &'a Response<PooledBody>, name: &str) -> &'a str {
         response.headers()[name].to_str().unwrap()
     }
 
-    async fn text(response: Response<Incoming>) -> String {
+    async fn text(response: Response<PooledBody>) -> String {
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
     }
@@ -697,6 +685,87 @@ mod tests {
             third.send("a", get("/")).await,
             Err(UpstreamError::Unknown(_))
         ));
+    }
+
+    /// A POST whose body the test feeds; the echo upstream streams it back,
+    /// so the response stays open until the sender is dropped.
+    async fn open_exchange(upstreams: &Upstreams) -> (mpsc::Sender<Bytes>, Response<PooledBody>) {
+        let (tx, rx) = mpsc::channel(1);
+        let request = Request::post("/stream")
+            .body(crate::body::stream(Chunks(rx)))
+            .unwrap();
+        tx.send(Bytes::from_static(b"first")).await.unwrap();
+        let response = upstreams.send("api", request).await.unwrap();
+        (tx, response)
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_response_is_read_and_never_before() {
+        let (addr, accepted) = upstream(Serve::Http1).await;
+        let upstreams = Upstreams::new(&[config("api", format!("http://{addr}"))]).unwrap();
+
+        let (tx, streaming) = open_exchange(&upstreams).await;
+        // The first connection is busy: a second request gets its own.
+        let response = upstreams.send("api", get("/two")).await.unwrap();
+        assert_eq!(header(&response, "x-seen-path"), "/two");
+        assert_eq!(text(response).await, "");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+        drop(tx);
+        assert_eq!(text(streaming).await, "first");
+        for path in ["/three", "/four", "/five"] {
+            let response = upstreams.send("api", get(path)).await.unwrap();
+            assert_eq!(header(&response, "x-seen-path"), path);
+            assert_eq!(text(response).await, "");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_halfway_takes_its_connection_with_it() {
+        let (addr, accepted) = upstream(Serve::Http1).await;
+        let upstreams = Upstreams::new(&[config("api", format!("http://{addr}"))]).unwrap();
+
+        let (_tx, streaming) = open_exchange(&upstreams).await;
+        drop(streaming);
+        for path in ["/two", "/three"] {
+            let response = upstreams.send("api", get(path)).await.unwrap();
+            assert_eq!(text(response).await, "");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn connections_the_upstream_closes_are_not_reused() {
+        let (addr, accepted) = upstream(Serve::Http1Close).await;
+        let upstreams = Upstreams::new(&[config("api", format!("http://{addr}"))]).unwrap();
+        for path in ["/one", "/two", "/three"] {
+            let response = upstreams.send("api", get(path)).await.unwrap();
+            assert_eq!(header(&response, "x-seen-path"), path);
+            assert_eq!(text(response).await, "");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn http2_requests_share_one_connection() {
+        let (addr, accepted) = upstream(Serve::Http2).await;
+        let mut c = config("api", format!("http://{addr}"));
+        c.http2 = true;
+        let upstreams = Upstreams::new(&[c]).unwrap();
+        let calls = (0..16).map(|i| {
+            let upstreams = upstreams.clone();
+            tokio::spawn(async move {
+                let path = format!("/call/{i}");
+                let response = upstreams.send("api", get(&path)).await.unwrap();
+                assert_eq!(header(&response, "x-seen-path"), path);
+                assert_eq!(header(&response, "x-seen-version"), "HTTP/2.0");
+            })
+        });
+        for call in calls.collect::<Vec<_>>() {
+            call.await.unwrap();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[test]
