@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use super::quota_text::QuotaText;
 use super::respond::{self, HeaderOptions};
 use crate::body::{self, Body};
 use crate::decision::Decision;
@@ -85,7 +86,7 @@ impl Handler for EnvoyHttp {
             Decision::Allow { quota, .. } => {
                 let mut response = plain(StatusCode::OK);
                 if let Some(quota) = quota {
-                    respond::add_quota_headers(response.headers_mut(), quota, options, now);
+                    QuotaText::new(quota, options, now).insert_into(response.headers_mut());
                 }
                 if let Some(charge) = &graphql {
                     charge.add_headers(response.headers_mut(), &extra_verdicts);
