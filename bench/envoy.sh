@@ -27,6 +27,7 @@
 #   bench/envoy.sh                        # 3 rounds of 10 s, both modes
 #   ROUNDS=5 DURATION=20s bench/envoy.sh
 #   MODES=grpc WORKERS=2 bench/envoy.sh
+#   RATETHROTTLE=/tmp/ratethrottle-before bench/envoy.sh   # another build, same load
 #
 # Needs: h2load, wrk, curl (apt-get install nghttp2-client wrk curl).
 set -euo pipefail
@@ -40,6 +41,9 @@ CONNECTIONS=${CONNECTIONS:-4}
 CLIENTS=${CLIENTS:-4}
 WORKERS=${WORKERS:-1}
 MODES=${MODES:-grpc http}
+# The ratethrottle binary measured (still built first; another build can be
+# compared against the same ceilings and load).
+RATETHROTTLE=${RATETHROTTLE:-./target/release/ratethrottle}
 RT_GRPC_PORT=18191
 RT_HTTP_PORT=18192
 GRPC_OK_PORT=18193
@@ -89,7 +93,7 @@ rules:
 ddos_protection: { enabled: false }
 violations: { log: false }
 CONF
-RUST_LOG=warn ./target/release/ratethrottle serve --workers "$WORKERS" --config "$work/ratethrottle.yaml" &
+RUST_LOG=warn "$RATETHROTTLE" serve --workers "$WORKERS" --config "$work/ratethrottle.yaml" &
 pids+=($!)
 rt_pid=$!
 ./target/release/grpc-ok --listen "127.0.0.1:$GRPC_OK_PORT" --workers "$WORKERS" &

@@ -302,6 +302,34 @@ async fn malformed_attributes_are_invalid_arguments() {
     }
 }
 
+#[tokio::test]
+async fn raw_headers_in_header_map_are_read_as_text_or_bytes() {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap as PbHeaderMap, HeaderValue};
+    let server = Server::start().await;
+    let mut client = server.authz().await;
+    // The external address is on the blacklist: only read from `header_map`
+    // does it turn the allowed source address into a 403.
+    for (value, raw_value) in [("203.0.113.9", Vec::new()), ("", b"203.0.113.9".to_vec())] {
+        let mut request = check_request("192.0.2.10", "GET", "/api/x", &[]);
+        let http = request
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+            .expect("http attributes");
+        http.header_map = Some(PbHeaderMap {
+            headers: vec![HeaderValue {
+                key: "x-envoy-external-address".into(),
+                value: value.into(),
+                raw_value,
+            }],
+        });
+        let response = check(&mut client, request).await;
+        assert_eq!(rpc_code(&response), 7, "{value:?}");
+        assert_eq!(http_status(denied(&response)), 403);
+    }
+}
+
 fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
     RateLimitDescriptor {
         entries: entries

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue as PbHeader, HeaderValueOption};
@@ -35,6 +36,7 @@ use tokio_stream::StreamExt as _;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 
+use super::quota_text::QuotaText;
 use super::unvectored::Unvectored;
 use tonic::{Code as GrpcCode, Request, Response, Status};
 
@@ -45,7 +47,7 @@ use crate::engine::{Engine, RequestFacts};
 use crate::frontend::respond::{self, HeaderOptions};
 
 /// The header Envoy sets to the client address it trusts.
-const EXTERNAL_ADDRESS: &str = "x-envoy-external-address";
+const EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 
 /// Both Envoy services over one engine.
 #[derive(Clone)]
@@ -108,29 +110,26 @@ impl Authorization for EnvoyGrpc {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let checked = CheckedRequest::parse(request.get_ref())?;
-        let decision = {
-            let facts = RequestFacts {
-                peer: checked.peer,
-                client_ip: Some(checked.client_ip),
-                method: &checked.method,
-                host: checked.host.as_deref(),
-                // `path_prefix` belongs to Envoy's HTTP service mode only.
-                path: &checked.path,
-                query: checked.query.as_deref(),
-                headers: &checked.headers,
-                cost: 1,
-            };
-            // GraphQL routes: the body Envoy sent, analysed as the proxy does.
-            let graphql = match graphql_charge(&self.engine, &facts, request.get_ref()) {
-                Ok(charge) => charge,
-                Err(error) => return Ok(Response::new(graphql_denied(&error))),
-            };
-            let extra = graphql.as_ref().map_or(&[][..], |charge| charge.checks());
-            let (decision, extra_verdicts) = self.engine.decide_with_extra(&facts, extra).await;
-            (decision, graphql, extra_verdicts)
+        let mut request = request.into_inner();
+        let checked = CheckedRequest::parse(&mut request)?;
+        let facts = RequestFacts {
+            peer: checked.peer,
+            client_ip: Some(checked.client_ip),
+            method: &checked.method,
+            host: checked.host,
+            // `path_prefix` belongs to Envoy's HTTP service mode only.
+            path: checked.path,
+            query: checked.query,
+            headers: &checked.headers,
+            cost: 1,
         };
-        let (decision, graphql, extra_verdicts) = decision;
+        // GraphQL routes: the body Envoy sent, analysed as the proxy does.
+        let graphql = match graphql_charge(&self.engine, &facts, checked.body) {
+            Ok(charge) => charge,
+            Err(error) => return Ok(Response::new(graphql_denied(&error))),
+        };
+        let extra = graphql.as_ref().map_or(&[][..], |charge| charge.checks());
+        let (decision, extra_verdicts) = self.engine.decide_with_extra(&facts, extra).await;
         let (options, now) = (self.header_options(), self.engine.now());
         let mut response = match graphql
             .as_ref()
@@ -155,22 +154,12 @@ impl Authorization for EnvoyGrpc {
 }
 
 /// The GraphQL charge of a check whose route has a `graphql` block, from the
-/// body Envoy sent (`raw_body` when it packs bytes, else `body`).
+/// body Envoy sent.
 fn graphql_charge(
     engine: &Engine,
     facts: &RequestFacts<'_>,
-    request: &CheckRequest,
+    body: &[u8],
 ) -> Result<Option<crate::graphql::Charge>, crate::graphql::GraphqlError> {
-    let http = request
-        .attributes
-        .as_ref()
-        .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref());
-    let body: &[u8] = match http {
-        Some(http) if !http.raw_body.is_empty() => &http.raw_body,
-        Some(http) => http.body.as_bytes(),
-        None => &[],
-    };
     let target = crate::graphql::Target {
         peer: facts.peer,
         client_ip: facts.client_ip,
@@ -203,27 +192,31 @@ fn denied(status: RpcStatus, rejection: &respond::Rejection) -> CheckResponse {
     }
 }
 
-/// The parts of a `CheckRequest` a decision needs, owned and validated.
-struct CheckedRequest {
+/// The parts of a `CheckRequest` a decision needs, validated. Text is
+/// borrowed from the request; the headers are moved out of it.
+struct CheckedRequest<'a> {
     peer: IpAddr,
     client_ip: IpAddr,
     method: Method,
-    host: Option<String>,
-    path: String,
-    query: Option<String>,
+    host: Option<&'a str>,
+    path: &'a str,
+    query: Option<&'a str>,
     headers: HeaderMap,
+    /// The request body Envoy sent (`raw_body` when it packs bytes, else `body`).
+    body: &'a [u8],
 }
 
-impl CheckedRequest {
-    fn parse(request: &CheckRequest) -> Result<CheckedRequest, Status> {
+impl CheckedRequest<'_> {
+    fn parse(request: &mut CheckRequest) -> Result<CheckedRequest<'_>, Status> {
         let attributes = request
             .attributes
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| Status::invalid_argument("check request has no attributes"))?;
+        let source = source_ip(attributes.source.as_ref());
         let http = attributes
             .request
-            .as_ref()
-            .and_then(|r| r.http.as_ref())
+            .as_mut()
+            .and_then(|r| r.http.as_mut())
             .ok_or_else(|| {
                 Status::invalid_argument("check request has no attributes.request.http")
             })?;
@@ -238,12 +231,12 @@ impl CheckedRequest {
                 "attributes.request.http.path is empty",
             ));
         }
-        let (path, query) = match http.path.split_once('?') {
-            Some((path, query)) => (path.to_string(), Some(query.to_string())),
-            None => (http.path.clone(), None),
-        };
         let headers = request_headers(http)?;
-        let source = source_ip(attributes.source.as_ref());
+        let http: &HttpRequest = http;
+        let (path, query) = match http.path.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (http.path.as_str(), None),
+        };
         let external = headers
             .get(EXTERNAL_ADDRESS)
             .and_then(|v| v.to_str().ok())
@@ -258,10 +251,15 @@ impl CheckedRequest {
             peer,
             client_ip,
             method,
-            host: (!http.host.is_empty()).then(|| http.host.clone()),
+            host: (!http.host.is_empty()).then_some(http.host.as_str()),
             path,
             query,
             headers,
+            body: if http.raw_body.is_empty() {
+                http.body.as_bytes()
+            } else {
+                &http.raw_body
+            },
         })
     }
 }
@@ -283,29 +281,31 @@ fn source_ip(source: Option<&Peer>) -> Result<IpAddr, String> {
     }
 }
 
-/// The request headers from the `headers` map, or from `header_map` when
-/// Envoy sends raw headers. A header that is not valid HTTP is left out:
-/// Envoy already replaced what it could not encode, and one odd header must
-/// not fail the whole check.
-fn request_headers(http: &HttpRequest) -> Result<HeaderMap, Status> {
-    let raw = http.header_map.iter().flat_map(|map| &map.headers);
-    let pairs = http
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_bytes()))
-        .chain(raw.map(|h| {
+/// The request headers from the `headers` map, and from `header_map` when
+/// Envoy sends raw headers, moved out of the request: the values become
+/// header values without a copy. A header that is not valid HTTP is left
+/// out: Envoy already replaced what it could not encode, and one odd header
+/// must not fail the whole check.
+fn request_headers(http: &mut HttpRequest) -> Result<HeaderMap, Status> {
+    let raw = std::mem::take(&mut http.header_map).map_or_else(Vec::new, |map| map.headers);
+    let count = http.headers.len() + raw.len();
+    // Sized once; the cap only bounds the allocation, `try_append` the count.
+    let mut headers = HeaderMap::with_capacity(count.min(1024));
+    let pairs = std::mem::take(&mut http.headers)
+        .into_iter()
+        .map(|(key, value)| (key, Bytes::from(value)))
+        .chain(raw.into_iter().map(|h| {
             let value = if h.raw_value.is_empty() {
-                h.value.as_bytes()
+                Bytes::from(h.value)
             } else {
-                &h.raw_value
+                Bytes::from(h.raw_value)
             };
-            (h.key.as_str(), value)
+            (h.key, value)
         }));
-    let mut headers = HeaderMap::new();
     for (name, value) in pairs {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
+            HeaderValue::from_maybe_shared(value),
         ) else {
             continue;
         };
@@ -325,11 +325,9 @@ fn check_response(decision: &Decision, options: HeaderOptions, now: u64) -> Chec
         _ => respond::rejection(decision, options, now),
     };
     let Some(rejection) = rejection else {
-        let mut headers = HeaderMap::new();
-        if let Some(quota) = decision.quota() {
-            respond::add_quota_headers(&mut headers, quota, options, now);
-        }
-        let headers = header_options(&headers);
+        let headers = decision.quota().map_or_else(Vec::new, |quota| {
+            quota_header_options(&QuotaText::new(quota, options, now))
+        });
         // To the upstream, as the HTTP mode does, and to the client, as the proxy does.
         let ok = OkHttpResponse {
             headers: headers.clone(),
@@ -380,14 +378,29 @@ fn rpc_status(code: GrpcCode, message: String) -> RpcStatus {
 
 /// Headers as Envoy's header options, each replacing any header of that name.
 fn header_options(headers: &HeaderMap) -> Vec<HeaderValueOption> {
-    pb_headers(headers)
-        .into_iter()
-        .map(|header| HeaderValueOption {
-            header: Some(header),
-            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-            ..HeaderValueOption::default()
+    pb_headers(headers).into_iter().map(overwrite).collect()
+}
+
+/// A quota's headers as Envoy's header options, straight from their text.
+fn quota_header_options(text: &QuotaText) -> Vec<HeaderValueOption> {
+    text.iter()
+        .map(|(name, value)| {
+            overwrite(PbHeader {
+                key: name.as_str().to_string(),
+                value: value.to_string(),
+                raw_value: Vec::new(),
+            })
         })
         .collect()
+}
+
+/// `header` replacing any header of its name.
+fn overwrite(header: PbHeader) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(header),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..HeaderValueOption::default()
+    }
 }
 
 /// Headers as Envoy's header values: text where it is text, raw bytes otherwise.

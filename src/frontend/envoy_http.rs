@@ -6,11 +6,14 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::HOST;
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use super::quota_text::QuotaText;
 use super::respond::{self, HeaderOptions};
 use crate::body::{self, Body};
 use crate::decision::Decision;
@@ -44,9 +47,14 @@ impl Handler for EnvoyHttp {
         let max_body = config.server.as_ref().map_or(MAX_CHECK_BODY, |s| {
             usize::try_from(s.max_body_bytes).unwrap_or(MAX_CHECK_BODY)
         });
-        let body = match Limited::new(incoming, max_body).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE),
+        // Most checks carry no body: nothing to collect.
+        let body = if incoming.is_end_stream() {
+            Bytes::new()
+        } else {
+            match Limited::new(incoming, max_body).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE),
+            }
         };
 
         let full_path = parts.uri.path();
@@ -85,7 +93,7 @@ impl Handler for EnvoyHttp {
             Decision::Allow { quota, .. } => {
                 let mut response = plain(StatusCode::OK);
                 if let Some(quota) = quota {
-                    respond::add_quota_headers(response.headers_mut(), quota, options, now);
+                    QuotaText::new(quota, options, now).insert_into(response.headers_mut());
                 }
                 if let Some(charge) = &graphql {
                     charge.add_headers(response.headers_mut(), &extra_verdicts);
@@ -105,7 +113,7 @@ impl Handler for EnvoyHttp {
 fn graphql_charge(
     engine: &Engine,
     facts: &RequestFacts<'_>,
-    body: &bytes::Bytes,
+    body: &Bytes,
 ) -> Result<Option<crate::graphql::Charge>, Response<Body>> {
     let target = crate::graphql::Target {
         peer: facts.peer,

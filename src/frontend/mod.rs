@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod passthrough;
 pub mod protocol_limits;
 pub mod proxy;
+mod quota_text;
 pub mod respond;
 mod unvectored;
 pub mod websocket;
