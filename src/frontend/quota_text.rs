@@ -1,12 +1,13 @@
-//! The rate-limit headers of [`respond::add_quota_headers`], written as text
-//! once per answer for the Envoy front ends.
+//! A quota's rate-limit headers, written as text once per answer.
 //!
-//! An ext_authz answer is on the hot path of every request Envoy forwards.
-//! `add_quota_headers` gives each value its own buffer and a `HeaderMap`,
-//! which the gRPC mode then copied into protobuf strings. Here all values go
-//! into one string: the HTTP mode slices it into header values without
-//! copying, and the gRPC mode copies each value straight into its protobuf
-//! string. The tests hold both to `add_quota_headers`, the reference.
+//! Every answer that carries a quota (each proxied request, each ext_authz
+//! check) writes these five values. They go into one string: the proxy and
+//! the ext_authz HTTP mode slice it into header values without copying
+//! ([`QuotaText::insert_into`], behind [`respond::add_quota_headers`]), and
+//! the gRPC mode copies each value straight into its protobuf string, with
+//! no `HeaderMap` in between.
+//!
+//! [`respond::add_quota_headers`]: super::respond::add_quota_headers
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -129,26 +130,14 @@ fn push_sf_string(out: &mut String, text: &str) {
 }
 
 /// Appends `n` in decimal, without the formatting machinery.
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use crate::frontend::respond;
     use std::time::Duration;
 
     use super::*;
@@ -182,30 +171,68 @@ mod tests {
         ]
     }
 
+    fn pairs(text: &QuotaText) -> Vec<(String, String)> {
+        text.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[test]
-    fn the_text_matches_add_quota_headers_in_every_style() {
+    fn every_style_writes_its_headers() {
+        let [base, odd, _] = <[Quota; 3]>::try_from(quotas()).unwrap();
+        let both = HeaderOptions {
+            enabled: true,
+            style: HeaderStyle::Both,
+        };
+        let expected = [
+            ("x-ratelimit-limit", "1000"),
+            ("x-ratelimit-remaining", "998"),
+            // now + 3539.4 s rounded up
+            ("x-ratelimit-reset", "1700003540"),
+            ("ratelimit-policy", r#""api_default";q=1000;w=3600"#),
+            ("ratelimit", r#""api_default";r=998;t=3540"#),
+        ]
+        .map(|(n, v)| (n.to_string(), v.to_string()));
+        assert_eq!(pairs(&QuotaText::new(&base, both, NOW)), expected);
+        let legacy = HeaderOptions {
+            style: HeaderStyle::Legacy,
+            ..both
+        };
+        assert_eq!(pairs(&QuotaText::new(&base, legacy, NOW)), expected[..3]);
+        let ietf = HeaderOptions {
+            style: HeaderStyle::Ietf,
+            ..both
+        };
+        assert_eq!(pairs(&QuotaText::new(&base, ietf, NOW)), expected[3..]);
+        let off = HeaderOptions {
+            enabled: false,
+            ..both
+        };
+        assert!(pairs(&QuotaText::new(&base, off, NOW)).is_empty());
+
+        // A rule name cannot break a header; a sub-second window counts as 1 s.
+        let odd = pairs(&QuotaText::new(&odd, ietf, NOW));
+        assert_eq!(odd[0].1, r#""odd \"name\"\\ ?";q=18446744073709551615;w=1"#);
+        assert_eq!(odd[1].1, r#""odd \"name\"\\ ?";r=0;t=0"#);
+    }
+
+    #[test]
+    fn inserted_values_are_the_text() {
         for quota in quotas() {
             for style in [HeaderStyle::Legacy, HeaderStyle::Ietf, HeaderStyle::Both] {
-                for enabled in [true, false] {
-                    let options = HeaderOptions { enabled, style };
-                    let mut expected = HeaderMap::new();
-                    respond::add_quota_headers(&mut expected, &quota, options, NOW);
-
-                    let text = QuotaText::new(&quota, options, NOW);
-                    let pairs: Vec<(String, String)> = text
-                        .iter()
-                        .map(|(n, v)| (n.to_string(), v.to_string()))
-                        .collect();
-                    let reference: Vec<(String, String)> = expected
-                        .iter()
-                        .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
-                        .collect();
-                    assert_eq!(pairs, reference, "{quota:?} {style:?} {enabled}");
-
-                    let mut inserted = HeaderMap::new();
-                    text.insert_into(&mut inserted);
-                    assert_eq!(inserted, expected, "{quota:?} {style:?} {enabled}");
-                }
+                let options = HeaderOptions {
+                    enabled: true,
+                    style,
+                };
+                let text = QuotaText::new(&quota, options, NOW);
+                let expected = pairs(&text);
+                let mut inserted = HeaderMap::new();
+                text.insert_into(&mut inserted);
+                let got: Vec<(String, String)> = inserted
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+                    .collect();
+                assert_eq!(got, expected, "{quota:?} {style:?}");
             }
         }
     }

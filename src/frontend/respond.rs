@@ -1,13 +1,14 @@
 //! One table from [`Decision`] to the wire: status, rate-limit headers and the
 //! JSON body. The proxy and Envoy's HTTP and gRPC modes all answer with it.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+use super::quota_text::QuotaText;
 use crate::config::HeaderStyle;
 use crate::decision::{BlockedBy, Decision, Quota, retry_after_secs};
-use crate::limit::{NANOS_PER_SEC, Nanos};
+use crate::limit::Nanos;
 
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -55,98 +56,7 @@ pub fn add_quota_headers(
     options: HeaderOptions,
     now: Nanos,
 ) {
-    if !options.enabled {
-        return;
-    }
-    let reset_secs = retry_secs_or_zero(quota.reset_after.as_nanos() as u64);
-    let mut values = Values::with_capacity(96 + 2 * quota.rule.len());
-    let mut add = |header: HeaderName, value: Option<HeaderValue>| {
-        if let Some(value) = value {
-            headers.insert(header, value);
-        }
-    };
-    if matches!(options.style, HeaderStyle::Legacy | HeaderStyle::Both) {
-        add(X_RATELIMIT_LIMIT, values.number(quota.limit));
-        add(X_RATELIMIT_REMAINING, values.number(quota.remaining));
-        // Unix time when the quota is whole again, as the Python package and GitHub do.
-        add(
-            X_RATELIMIT_RESET,
-            values.number((now / NANOS_PER_SEC) + reset_secs),
-        );
-    }
-    if matches!(options.style, HeaderStyle::Ietf | HeaderStyle::Both) {
-        let window = quota.window.as_secs().max(1);
-        let policy = values.item(&quota.rule, [("q", quota.limit), ("w", window)]);
-        add(RATELIMIT_POLICY, policy);
-        let current = values.item(&quota.rule, [("r", quota.remaining), ("t", reset_secs)]);
-        add(RATELIMIT, current);
-    }
-}
-
-/// Header values written one after another into one buffer and handed out
-/// as slices of it: two allocations for all of a quota's headers, where a
-/// buffer of their own each took five.
-struct Values {
-    buffer: BytesMut,
-}
-
-impl Values {
-    fn with_capacity(capacity: usize) -> Values {
-        Values {
-            buffer: BytesMut::with_capacity(capacity),
-        }
-    }
-
-    fn number(&mut self, n: u64) -> Option<HeaderValue> {
-        self.put_u64(n);
-        self.take()
-    }
-
-    /// A structured-field item: `"rule";q=100;w=60`.
-    fn item(&mut self, rule: &str, parameters: [(&str, u64); 2]) -> Option<HeaderValue> {
-        put_sf_string(&mut self.buffer, rule);
-        for (key, value) in parameters {
-            self.buffer.put_u8(b';');
-            self.buffer.put_slice(key.as_bytes());
-            self.buffer.put_u8(b'=');
-            self.put_u64(value);
-        }
-        self.take()
-    }
-
-    fn put_u64(&mut self, n: u64) {
-        self.buffer
-            .put_slice(itoa::Buffer::new().format(n).as_bytes());
-    }
-
-    /// What was written since the last value, as a value of its own.
-    /// Always valid (digits and sanitised strings); `None` is unreachable.
-    fn take(&mut self) -> Option<HeaderValue> {
-        HeaderValue::from_maybe_shared(self.buffer.split().freeze()).ok()
-    }
-}
-
-/// Whole seconds, rounded up; zero stays zero.
-fn retry_secs_or_zero(nanos: Nanos) -> u64 {
-    nanos.div_ceil(NANOS_PER_SEC)
-}
-
-/// Appends `text` as a structured-field string: quotes and backslashes
-/// escaped, anything outside printable ASCII replaced, so a rule name can
-/// never break a header.
-fn put_sf_string(out: &mut BytesMut, text: &str) {
-    out.put_u8(b'"');
-    for c in text.chars() {
-        match c {
-            '"' | '\\' => {
-                out.put_u8(b'\\');
-                out.put_u8(c as u8);
-            }
-            ' '..='~' => out.put_u8(c as u8),
-            _ => out.put_u8(b'?'),
-        }
-    }
-    out.put_u8(b'"');
+    QuotaText::new(quota, options, now).insert_into(headers);
 }
 
 /// The gateway's own answer for a decision; `None` when the request goes on.
@@ -221,6 +131,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::limit::NANOS_PER_SEC;
 
     const NOW: Nanos = 1_700_000_000 * NANOS_PER_SEC + 250_000_000;
 
@@ -332,12 +243,5 @@ mod tests {
                 .unwrap()
                 .contains(r#""reason":"violation""#)
         );
-    }
-
-    #[test]
-    fn rule_names_cannot_break_a_header() {
-        let mut out = BytesMut::from("x");
-        put_sf_string(&mut out, "a\"b\\c\u{e9}");
-        assert_eq!(&out[..], br#"x"a\"b\\c?""#);
     }
 }
