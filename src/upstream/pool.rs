@@ -134,22 +134,19 @@ impl Pool {
         self: &Arc<Self>,
         request: Request<Body>,
     ) -> Result<Response<PooledBody>, PoolError> {
-        let mut request = request;
-        // Once more on a new connection if the shared one closed before
-        // taking the request (a GOAWAY, an idle close).
-        for _ in 0..2 {
-            let mut sender = self.shared_http2().await?;
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response.map(PooledBody::unpooled)),
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => {
-                        request = unsent;
-                        self.forget_http2(&sender);
-                    }
-                    None => return Err(PoolError::Exchange(error.into_error())),
-                },
-            }
-        }
+        let mut sender = self.shared_http2().await?;
+        let request = match sender.try_send_request(request).await {
+            Ok(response) => return Ok(response.map(PooledBody::unpooled)),
+            Err(mut error) => match error.take_message() {
+                // The shared connection closed before taking the request (a
+                // GOAWAY, an idle close): once more, on a new one.
+                Some(unsent) => {
+                    self.forget_closed_http2();
+                    unsent
+                }
+                None => return Err(PoolError::Exchange(error.into_error())),
+            },
+        };
         let mut sender = self.shared_http2().await?;
         sender
             .send_request(request)
@@ -158,14 +155,12 @@ impl Pool {
             .map_err(PoolError::Exchange)
     }
 
-    /// Drops the shared HTTP/2 connection if it is still `closed`, so the
-    /// next request dials a new one.
-    fn forget_http2(&self, closed: &http2::SendRequest<Body>) {
+    /// Drops the shared HTTP/2 connection if it has closed, so the next
+    /// request dials a new one. (One that another request dialled meanwhile
+    /// is open, and stays.)
+    fn forget_closed_http2(&self) {
         let mut shared = self.shared.lock();
-        if shared
-            .as_ref()
-            .is_some_and(|s| s.is_closed() || closed.is_closed())
-        {
+        if shared.as_ref().is_some_and(http2::SendRequest::is_closed) {
             *shared = None;
         }
     }
