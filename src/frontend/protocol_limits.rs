@@ -41,11 +41,6 @@ pub fn limit_name(route: Option<&str>, protocol: &str, key: &str) -> String {
     name
 }
 
-/// The identity protocol limits count: the client address, as the `ip` key.
-pub fn identity(client_ip: IpAddr) -> String {
-    crate::identity::ip_identity(client_ip)
-}
-
 /// `first` and `second` joined by `separator`, in one allocation.
 pub fn joined(first: &str, separator: char, second: &str) -> String {
     let mut out = String::with_capacity(first.len() + 1 + second.len());
@@ -87,7 +82,7 @@ impl Reporter {
             client_ip: self.client_ip,
             route,
         };
-        let identity = identity(self.client_ip);
+        let identity = crate::identity::ip_identity(self.client_ip);
         report(
             &self.engine,
             caller,
@@ -215,6 +210,5 @@ mod tests {
             "grpc.requests_per_minute"
         );
         assert_eq!(joined("a.b", '\0', "ip:10.0.0.1"), "a.b\0ip:10.0.0.1");
-        assert_eq!(identity("10.0.0.1".parse().unwrap()), "ip:10.0.0.1");
     }
 }

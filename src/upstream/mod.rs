@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::Scheme;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri};
 use hyper_rustls::{ConfigBuilderExt, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::crypto::ring;
@@ -192,20 +192,12 @@ impl Upstreams {
     pub async fn send(
         &self,
         upstream: &str,
-        mut request: Request<Body>,
+        request: Request<Body>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let up = self
             .by_name
             .get(upstream)
             .ok_or_else(|| UpstreamError::Unknown(upstream.to_string()))?;
-        // hyper refuses an HTTP/2 request on an HTTP/1 connection, and the
-        // version the downstream client spoke says nothing about the upstream's.
-        *request.version_mut() = if up.config.http2 {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
-
         let after = up.config.request_timeout;
         match tokio::time::timeout(after, up.pool.send(request)).await {
             Ok(Ok(response)) => Ok(response),
@@ -351,6 +343,7 @@ mod tests {
     use super::*;
     use crate::tls::tests::{ca_and_leaf, write};
     use bytes::Bytes;
+    use http::Version;
     use http_body::Frame;
     use http_body_util::BodyExt;
     use hyper::body::Incoming;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -86,15 +86,19 @@ impl Pool {
     }
 
     /// Sends `request` (whose path and query are all that is kept of its URI)
-    /// and returns the response once its head has arrived.
+    /// and returns the response once its head has arrived. The version the
+    /// downstream client spoke says nothing about the upstream's: the
+    /// request leaves in this pool's (hyper refuses HTTP/2 on HTTP/1.1).
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<Body>,
     ) -> Result<Response<PooledBody>, PoolError> {
         if self.config.http2 {
+            *request.version_mut() = Version::HTTP_2;
             *request.uri_mut() = self.absolute_uri(request.uri());
             return self.send_http2(request).await;
         }
+        *request.version_mut() = Version::HTTP_11;
         // HTTP/1.1 sends the origin form; the Host header names the site.
         let path = origin_form(request.uri());
         *request.uri_mut() = Uri::from(path);
@@ -139,11 +143,9 @@ impl Pool {
             Ok(response) => return Ok(response.map(PooledBody::unpooled)),
             Err(mut error) => match error.take_message() {
                 // The shared connection closed before taking the request (a
-                // GOAWAY, an idle close): once more, on a new one.
-                Some(unsent) => {
-                    self.forget_closed_http2();
-                    unsent
-                }
+                // GOAWAY, an idle close): once more, on a new one
+                // (`shared_http2` dials when the shared one is closed).
+                Some(unsent) => unsent,
                 None => return Err(PoolError::Exchange(error.into_error())),
             },
         };
@@ -155,32 +157,12 @@ impl Pool {
             .map_err(PoolError::Exchange)
     }
 
-    /// Drops the shared HTTP/2 connection if it has closed, so the next
-    /// request dials a new one. (One that another request dialled meanwhile
-    /// is open, and stays.)
-    fn forget_closed_http2(&self) {
-        let mut shared = self.shared.lock();
-        if shared.as_ref().is_some_and(http2::SendRequest::is_closed) {
-            *shared = None;
-        }
-    }
-
     /// The most recently used idle HTTP/1.1 connection ready for a request.
-    /// Closed ones are dropped on the way, and ones idle past the timeout
-    /// closed. One not ready yet (still sending a request body the
-    /// upstream answered early) stays: a request never queues behind another.
+    /// Closed ones are dropped on the way. One not ready yet (still sending
+    /// a request body the upstream answered early) stays: a request never
+    /// queues behind another.
     fn checkout(&self) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.idle.lock();
-        let now = Instant::now();
-        let timeout = self.config.idle_timeout;
-        // The oldest are at the front.
-        let stale = idle
-            .iter()
-            .take_while(|c| now.duration_since(c.since) >= timeout)
-            .count();
-        if stale > 0 {
-            idle.drain(..stale);
-        }
         // Only the most recent few are looked at: checkout stays O(1).
         let floor = idle.len().saturating_sub(CHECKOUT_SCAN);
         let mut index = idle.len();
@@ -195,16 +177,24 @@ impl Pool {
         None
     }
 
+    /// Keeps `sender` for the next request; connections idle past the
+    /// timeout are closed on the way (here rather than at checkout, which
+    /// would need a clock read of its own).
     fn check_in(&self, sender: http1::SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
+        let now = Instant::now();
         let mut idle = self.idle.lock();
+        // The oldest are at the front.
+        let timeout = self.config.idle_timeout;
+        let stale = idle
+            .iter()
+            .take_while(|c| now.duration_since(c.since) >= timeout)
+            .count();
+        idle.drain(..stale);
         if idle.len() < self.config.max_idle {
-            idle.push(IdleConnection {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(IdleConnection { sender, since: now });
         }
     }
 

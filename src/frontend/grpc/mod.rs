@@ -15,7 +15,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use super::concurrency::{InFlight, InFlightGuard};
-use super::protocol_limits::{self, Caller, concurrency_exceeded, joined, limit_name, per_minute};
+use super::protocol_limits::{Caller, concurrency_exceeded, joined, limit_name, per_minute};
 use super::respond::Rejection;
 use crate::body::{self, Body};
 use crate::config::GrpcLimits;
@@ -76,7 +76,8 @@ pub async fn admit(
     client_ip: IpAddr,
     path: &str,
 ) -> Result<Admitted, Decision> {
-    let identity = protocol_limits::identity(client_ip);
+    // Protocol limits count per client address, as the `ip` key does.
+    let identity = crate::identity::ip_identity(client_ip);
     let caller = Caller { client_ip, route };
     let guard = match limits.concurrent_requests {
         Some(max) => {

@@ -83,7 +83,8 @@ pub async fn admit(
     limits: &WebSocketLimits,
     client_ip: IpAddr,
 ) -> Result<Admitted, Decision> {
-    let identity = protocol_limits::identity(client_ip);
+    // Protocol limits count per client address, as the `ip` key does.
+    let identity = crate::identity::ip_identity(client_ip);
     let caller = Caller { client_ip, route };
     let guard = match limits.max_concurrent_connections {
         Some(max) => {
