@@ -124,24 +124,26 @@ pub fn query<T: ::redis::FromRedisValue>(url: &str, cmd: &::redis::Cmd) -> ::red
     cmd.query(&mut con)
 }
 
-/// A port nothing listens on now (and, for cluster nodes, its bus port too).
+/// A port nothing listens on now (nor on its cluster bus port, port + 10000).
+///
+/// The ports come from 20000..22700, below the kernel's ephemeral range
+/// (32768 and up by default): an outgoing connection of a test running in
+/// parallel can never take one between this check and the server's bind, nor
+/// between a kill and a restart on the same port. Each call moves on, so two
+/// tests of one binary are not handed the same port.
 pub fn free_port(with_bus: bool) -> u16 {
-    for _ in 0..200 {
-        let Ok(listener) = TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(addr) = listener.local_addr() else {
-            continue;
-        };
-        let port = addr.port();
-        if !with_bus {
-            return port;
-        }
-        if port < 50_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+    const FIRST: u64 = 20_000;
+    const SPAN: u64 = 2_700;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let offset = u64::from(std::process::id()) * 97;
+    for _ in 0..SPAN {
+        let port = (FIRST + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && (!with_bus || free(port + 10_000)) {
             return port;
         }
     }
-    panic!("no free port");
+    panic!("no free port in 20000..22700");
 }
 
 /// A private `redis-server` on a spare port, killed on drop.
@@ -183,9 +185,10 @@ impl RedisServer {
             .spawn()
             .expect("redis-server");
         self.child = Some(child);
-        wait_until(Duration::from_secs(10), || {
+        let up = wait_until(Duration::from_secs(10), || {
             query::<String>(&self.url(), &::redis::cmd("PING")).is_ok()
         });
+        assert!(up, "redis-server on port {} did not answer PING", self.port);
     }
 
     pub fn dir(&self) -> PathBuf {
@@ -230,7 +233,20 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// Retries on fresh ports: a port taken by something outside the tests
+    /// between the check and the bind is not a failure of ours.
     pub fn start() -> RedisCluster {
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            match RedisCluster::try_start() {
+                Ok(cluster) => return cluster,
+                Err(error) => last_error = error,
+            }
+        }
+        panic!("no Redis Cluster after 3 tries: {last_error}");
+    }
+
+    fn try_start() -> Result<RedisCluster, String> {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
                 RedisServer::start_with(
@@ -250,22 +266,25 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let status = Command::new("redis-cli")
+        let output = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("redis-cli --cluster create");
-        assert!(status.success(), "redis-cli --cluster create failed");
+            .output()
+            .map_err(|e| format!("redis-cli: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create {addrs:?} failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
         let cluster = RedisCluster { nodes };
-        assert!(
-            cluster.wait_ok(Duration::from_secs(20)),
-            "cluster_state did not become ok"
-        );
-        cluster
+        if !cluster.wait_ok(Duration::from_secs(20)) {
+            return Err("cluster_state did not become ok".to_string());
+        }
+        Ok(cluster)
     }
 
     pub fn urls(&self) -> Vec<String> {
