@@ -391,9 +391,16 @@ mod tests {
             .path_and_query()
             .map_or_else(String::new, ToString::to_string);
         let seen_version = format!("{:?}", request.version());
+        let seen_authority = request
+            .uri()
+            .authority()
+            .map_or_else(String::new, ToString::to_string);
+        let seen_hosts = request.headers().get_all(http::header::HOST).iter().count();
         Ok(Response::builder()
             .header("x-seen-path", seen_path)
             .header("x-seen-version", seen_version)
+            .header("x-seen-authority", seen_authority)
+            .header("x-seen-host-headers", seen_hosts)
             .body(crate::body::stream(request.into_body()))
             .unwrap())
     }
@@ -521,6 +528,30 @@ mod tests {
             "/helloworld.Greeter/SayHello"
         );
         assert_eq!(text(response).await, "payload");
+    }
+
+    /// The client's Host reaches an HTTP/2 upstream as :authority, never as
+    /// a Host header beside a different :authority.
+    #[tokio::test]
+    async fn http2_upstream_gets_the_clients_host_as_authority_alone() {
+        let (addr, _) = upstream(Serve::Http2).await;
+        let mut c = config("grpc", format!("http://{addr}"));
+        c.http2 = true;
+        let upstreams = Upstreams::new(&[c]).unwrap();
+
+        let mut request = get("/x");
+        request.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("api.example.com"),
+        );
+        let response = upstreams.send("grpc", request).await.unwrap();
+        assert_eq!(header(&response, "x-seen-authority"), "api.example.com");
+        assert_eq!(header(&response, "x-seen-host-headers"), "0");
+
+        // Without a Host, the upstream's own address names the site.
+        let response = upstreams.send("grpc", get("/y")).await.unwrap();
+        assert_eq!(header(&response, "x-seen-authority"), addr.to_string());
+        assert_eq!(header(&response, "x-seen-host-headers"), "0");
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -95,7 +95,15 @@ impl Pool {
     ) -> Result<Response<PooledBody>, PoolError> {
         if self.config.http2 {
             *request.version_mut() = Version::HTTP_2;
-            *request.uri_mut() = self.absolute_uri(request.uri());
+            // HTTP/2 names the site in :authority, and a Host beside it must
+            // not differ (RFC 9113, 8.3.1): the Host an HTTP/1.1 upstream
+            // would get (the client's) becomes the :authority instead.
+            let authority = request
+                .headers_mut()
+                .remove(http::header::HOST)
+                .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+                .unwrap_or_else(|| self.config.authority.clone());
+            *request.uri_mut() = self.absolute_uri(request.uri(), authority);
             return self.send_http2(request).await;
         }
         *request.version_mut() = Version::HTTP_11;
@@ -280,10 +288,10 @@ impl Pool {
             .map_err(PoolError::Connect)
     }
 
-    fn absolute_uri(&self, uri: &Uri) -> Uri {
+    fn absolute_uri(&self, uri: &Uri, authority: Authority) -> Uri {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.config.scheme.clone());
-        parts.authority = Some(self.config.authority.clone());
+        parts.authority = Some(authority);
         parts.path_and_query = Some(origin_form(uri));
         Uri::from_parts(parts).unwrap_or_else(|_| Uri::from(origin_form(uri)))
     }
