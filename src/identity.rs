@@ -227,7 +227,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
 /// Accepts `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1` and `[2001:db8::1]:443`.
 fn parse_forwarded_ip(text: &str) -> Option<IpAddr> {
     let text = text.trim();
-    if let Ok(ip) = text.parse::<IpAddr>() {
+    if let Some(ip) = crate::text::parse_ip(text.as_bytes()) {
         return Some(ip.to_canonical());
     }
     if let Some(rest) = text.strip_prefix('[') {

@@ -239,8 +239,8 @@ impl CheckedRequest<'_> {
         };
         let external = headers
             .get(EXTERNAL_ADDRESS)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok());
+            .and_then(|v| crate::text::parse_ip(v.as_bytes().trim_ascii()))
+            .map(|ip| ip.to_canonical());
         let (peer, client_ip) = match (source, external) {
             (Ok(peer), Some(client)) => (peer, client),
             (Err(_), Some(client)) => (client, client),

@@ -154,14 +154,8 @@ fn strip_prefix<'a>(path: &'a str, prefix: &str) -> &'a str {
 /// `x-envoy-external-address`: the client address Envoy determined, when
 /// present and valid. It is set by Envoy itself, which is why it is believed.
 fn external_address(headers: &HeaderMap) -> Option<IpAddr> {
-    headers
-        .get(X_ENVOY_EXTERNAL_ADDRESS)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<IpAddr>()
-        .ok()
-        .map(|ip| ip.to_canonical())
+    let value = headers.get(X_ENVOY_EXTERNAL_ADDRESS)?;
+    crate::text::parse_ip(value.as_bytes().trim_ascii()).map(|ip| ip.to_canonical())
 }
 
 #[cfg(test)]
