@@ -339,12 +339,12 @@ impl Engine {
             None => None,
         };
         let rule_set = route.map_or(&snapshot.rules, |r| &r.rules);
-        // Indices into `rule_set` of the rules whose paths/methods take this request.
-        let applying: SmallVec<[usize; 4]> = (0..rule_set.rules.len())
-            .filter(|&i| rule_set.rules[i].applies(facts.method, facts.path))
+        // The rules whose paths/methods take this request.
+        let rules: SmallVec<[&Arc<Rule>; 4]> = rule_set
+            .rules
+            .iter()
+            .filter(|rule| rule.applies(facts.method, facts.path))
             .collect();
-        let rules: SmallVec<[&Arc<Rule>; 4]> =
-            applying.iter().map(|&i| &rule_set.rules[i]).collect();
 
         let source = IdentitySource {
             client_ip,
@@ -408,7 +408,11 @@ impl Engine {
             }
             Err(error) => return (self.store_failed(snapshot, error), &rule_set.none, None),
         };
-        let extra_verdicts: Verdicts = verdicts.drain(rules.len()..).collect();
+        let extra_verdicts: Verdicts = if extra.is_empty() {
+            Verdicts::new()
+        } else {
+            verdicts.drain(rules.len()..).collect()
+        };
 
         let outcome = Outcome::of(&rules, &verdicts);
         if !outcome.allowed
@@ -485,7 +489,7 @@ impl Engine {
                 Some(extra_verdicts),
             );
         };
-        let counters = &rule_set.counters[applying[index]];
+        let counters = rule_set.counters_of(rules[index]);
         let quota = quota(rules[index], &verdicts[index]);
         let decision = if outcome.allowed {
             allow(Some(quota), route.cloned(), shadow_denied)

@@ -87,6 +87,14 @@ impl RuleSet {
             rules,
         }
     }
+
+    /// The counters of `rule`, one of `rules` (`none` for any other).
+    pub fn counters_of(&self, rule: &Arc<Rule>) -> &DecisionCounters {
+        self.rules
+            .iter()
+            .position(|r| Arc::ptr_eq(r, rule))
+            .map_or(&self.none, |i| &self.counters[i])
+    }
 }
 
 #[derive(Debug)]
