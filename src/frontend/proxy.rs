@@ -305,7 +305,8 @@ fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
 
 /// The request as the upstream sees it: hop-by-hop headers removed,
 /// forwarding headers set, the body streamed within `max_body`. The URI is
-/// left as it came: [`Upstreams::send`] points it at the upstream.
+/// left as it came: [`Upstreams::send`] points it at the upstream and names
+/// the site from the client's Host or URI authority.
 fn forwarded_request<B>(
     request: Request<B>,
     conn: ConnInfo,
@@ -344,14 +345,13 @@ where
         let proto = if conn.tls { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if let Some(host) = host {
-        if !(trusted_peer && headers.contains_key(&X_FORWARDED_HOST)) {
-            headers.insert(X_FORWARDED_HOST, host.clone());
-        }
-        // HTTP/2 clients send :authority only; an HTTP/1.1 upstream needs Host.
-        if !headers.contains_key(HOST) {
-            headers.insert(HOST, host);
-        }
+    // The Host itself is the upstream pool's to write: from an HTTP/2
+    // client, whose :authority stays in the URI, it is a Host header for an
+    // HTTP/1.1 upstream and the :authority again for an HTTP/2 one.
+    if let Some(host) = host
+        && !(trusted_peer && headers.contains_key(&X_FORWARDED_HOST))
+    {
+        headers.insert(X_FORWARDED_HOST, host);
     }
 
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
@@ -371,6 +371,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             let listed = value.to_str().ok().into_iter().flat_map(|v| v.split(','));
             doomed.extend(listed.filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()));
         } else if name == http::header::TE {
+            // Exactly `te: trailers`, as every gRPC call sends it, is left in
+            // place rather than removed and written again.
+            if value.as_bytes() == b"trailers" {
+                keeps_trailers = true;
+                continue;
+            }
             keeps_trailers |= value.to_str().is_ok_and(|v| {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
@@ -427,5 +433,31 @@ mod tests {
         left.sort_unstable();
         assert_eq!(left, ["te", "x-kept"]);
         assert_eq!(headers["te"], "trailers");
+    }
+
+    #[test]
+    fn te_trailers_passes_and_any_other_te_goes() {
+        let strip = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                );
+            }
+            strip_hop_by_hop(&mut headers);
+            headers.get("te").map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(strip(&[("te", "trailers")]).as_deref(), Some("trailers"));
+        assert_eq!(strip(&[("te", "gzip")]), None);
+        assert_eq!(
+            strip(&[("te", "gzip"), ("te", "trailers")]).as_deref(),
+            Some("trailers")
+        );
+        // Named by Connection, `te: trailers` is still reduced to itself.
+        assert_eq!(
+            strip(&[("connection", "te"), ("te", "trailers")]).as_deref(),
+            Some("trailers")
+        );
     }
 }

@@ -395,12 +395,18 @@ mod tests {
             .uri()
             .authority()
             .map_or_else(String::new, ToString::to_string);
-        let seen_hosts = request.headers().get_all(http::header::HOST).iter().count();
+        let hosts = request.headers().get_all(http::header::HOST);
+        let seen_hosts = hosts.iter().count();
+        let seen_host = hosts.iter().next().cloned();
         Ok(Response::builder()
             .header("x-seen-path", seen_path)
             .header("x-seen-version", seen_version)
             .header("x-seen-authority", seen_authority)
             .header("x-seen-host-headers", seen_hosts)
+            .header(
+                "x-seen-host",
+                seen_host.unwrap_or(http::HeaderValue::from_static("")),
+            )
             .body(crate::body::stream(request.into_body()))
             .unwrap())
     }
@@ -509,6 +515,12 @@ mod tests {
         let response = upstreams.send("api", request).await.unwrap();
         assert_eq!(header(&response, "x-seen-path"), "/x?y=1");
         assert_eq!(header(&response, "x-seen-version"), "HTTP/1.1");
+        // The URI's authority (an HTTP/2 client's :authority) names the site.
+        assert_eq!(header(&response, "x-seen-host"), "client.example");
+
+        // With neither a Host nor an authority, the upstream's address does.
+        let response = upstreams.send("api", get("/z")).await.unwrap();
+        assert_eq!(header(&response, "x-seen-host"), addr.to_string());
     }
 
     #[tokio::test]
@@ -548,7 +560,14 @@ mod tests {
         assert_eq!(header(&response, "x-seen-authority"), "api.example.com");
         assert_eq!(header(&response, "x-seen-host-headers"), "0");
 
-        // Without a Host, the upstream's own address names the site.
+        // An HTTP/2 client's :authority passes as it is.
+        let response = upstreams
+            .send("grpc", get("https://h2.example/y"))
+            .await
+            .unwrap();
+        assert_eq!(header(&response, "x-seen-authority"), "h2.example");
+
+        // Without either, the upstream's own address names the site.
         let response = upstreams.send("grpc", get("/y")).await.unwrap();
         assert_eq!(header(&response, "x-seen-authority"), addr.to_string());
         assert_eq!(header(&response, "x-seen-host-headers"), "0");

@@ -96,25 +96,29 @@ impl Pool {
         if self.config.http2 {
             *request.version_mut() = Version::HTTP_2;
             // HTTP/2 names the site in :authority, and a Host beside it must
-            // not differ (RFC 9113, 8.3.1): the Host an HTTP/1.1 upstream
-            // would get (the client's) becomes the :authority instead.
+            // not differ (RFC 9113, 8.3.1): the client's Host, else its own
+            // :authority, else the upstream's address, is the :authority.
             let authority = request
                 .headers_mut()
                 .remove(http::header::HOST)
                 .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+                .or_else(|| request.uri().authority().cloned())
                 .unwrap_or_else(|| self.config.authority.clone());
             *request.uri_mut() = self.absolute_uri(request.uri(), authority);
             return self.send_http2(request).await;
         }
         *request.version_mut() = Version::HTTP_11;
-        // HTTP/1.1 sends the origin form; the Host header names the site.
+        // HTTP/1.1 sends the origin form; the Host header names the site:
+        // the client's, else the authority of its URI (an HTTP/2 client's
+        // :authority), else the upstream's address.
+        if !request.headers().contains_key(http::header::HOST) {
+            let authority = request.uri().authority().unwrap_or(&self.config.authority);
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                request.headers_mut().insert(http::header::HOST, host);
+            }
+        }
         let path = origin_form(request.uri());
         *request.uri_mut() = Uri::from(path);
-        if !request.headers().contains_key(http::header::HOST)
-            && let Ok(host) = HeaderValue::from_str(self.config.authority.as_str())
-        {
-            request.headers_mut().insert(http::header::HOST, host);
-        }
         self.send_http1(request).await
     }
 
