@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::metrics::DecisionKind;
 use crate::route::Route;
 
 /// Where a rule stands for this caller: what the rate-limit headers say.
@@ -55,6 +56,17 @@ pub enum Decision {
 impl Decision {
     pub fn is_allowed(&self) -> bool {
         matches!(self, Decision::Allow { .. })
+    }
+
+    /// Which `decision` label of `ratethrottle_requests_total` this counts under.
+    pub fn kind(&self) -> DecisionKind {
+        match self {
+            Decision::Allow { .. } => DecisionKind::Allowed,
+            Decision::RateLimited { .. } => DecisionKind::RateLimited,
+            Decision::Blocked { .. } => DecisionKind::Blocked,
+            Decision::NoRoute => DecisionKind::NoRoute,
+            Decision::Unavailable { .. } => DecisionKind::Unavailable,
+        }
     }
 
     /// The rate-limit quota to report in headers, if any.

@@ -31,6 +31,38 @@ use crate::stats::Stats;
 use crate::store::{CounterKey, LimitCheck, Store, StoreError, Verdicts};
 use crate::violations::{Violation, ViolationHub};
 
+/// How one decision is counted in `ratethrottle_requests_total` and
+/// `/stats`: when dropped, as the engine decided, unless the front end
+/// turned the allowed request away after all ([`Tally::refused_by`]).
+#[must_use = "a dropped tally counts the decision as the engine made it"]
+pub struct Tally<'e> {
+    engine: &'e Engine,
+    counters: Arc<DecisionCounters>,
+    kind: DecisionKind,
+}
+
+impl Tally<'_> {
+    /// The rules allowed the request and a route's protocol limit (its
+    /// `websocket` or `grpc` block) refused it with `refusal`: counted under
+    /// that limit's name and the refusal's kind, not as allowed.
+    pub fn refused_by(mut self, route: Option<&str>, refusal: &Decision) {
+        let limit = refusal.quota().map_or("", |quota| &*quota.rule);
+        self.counters = self.engine.requests.get(route.unwrap_or(""), limit);
+        self.kind = refusal.kind();
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        self.counters.count(self.kind);
+        match self.kind {
+            DecisionKind::Allowed => self.engine.stats.record_allowed(),
+            DecisionKind::NoRoute => {}
+            _ => self.engine.stats.record_blocked(),
+        }
+    }
+}
+
 /// A request as every front end describes it.
 pub struct RequestFacts<'a> {
     /// The address of the TCP peer.
@@ -249,35 +281,28 @@ impl Engine {
         facts: &RequestFacts<'_>,
         extra: &[ExtraCheck],
     ) -> (Decision, Verdicts) {
-        let started = Instant::now();
-        let snapshot = self.snapshot.load();
-        let (decision, counters, extra_verdicts) = self.decide_with(&snapshot, facts, extra).await;
-        let kind = match &decision {
-            Decision::Allow { .. } => DecisionKind::Allowed,
-            Decision::RateLimited { .. } => DecisionKind::RateLimited,
-            Decision::Blocked { .. } => DecisionKind::Blocked,
-            Decision::NoRoute => DecisionKind::NoRoute,
-            Decision::Unavailable { .. } => DecisionKind::Unavailable,
-        };
-        counters.count(kind);
-        match kind {
-            DecisionKind::Allowed => self.stats.record_allowed(),
-            DecisionKind::NoRoute => {}
-            _ => self.stats.record_blocked(),
-        }
-        self.decision_latency.observe(started.elapsed());
+        let (decision, extra_verdicts, _counted_now) = self.decide_tallied(facts, extra).await;
         (decision, extra_verdicts)
     }
 
-    /// The decision, and the counters of the (route, rule) it is reported under.
-    async fn decide_with<'s>(
+    /// [`Engine::decide_with_extra`], with the decision's count left to the
+    /// caller's [`Tally`]: a front end that may still turn an allowed
+    /// request away (a route's protocol limits) counts it as what happened.
+    pub async fn decide_tallied(
         &self,
-        snapshot: &'s Snapshot,
         facts: &RequestFacts<'_>,
         extra: &[ExtraCheck],
-    ) -> (Decision, &'s DecisionCounters, Verdicts) {
-        let (decision, counters, verdicts) = self.decide_inner(snapshot, facts, extra).await;
-        (decision, counters, verdicts.unwrap_or_default())
+    ) -> (Decision, Verdicts, Tally<'_>) {
+        let started = Instant::now();
+        let snapshot = self.snapshot.load();
+        let (decision, counters, extra_verdicts) = self.decide_inner(&snapshot, facts, extra).await;
+        self.decision_latency.observe(started.elapsed());
+        let tally = Tally {
+            engine: self,
+            counters: Arc::clone(counters),
+            kind: decision.kind(),
+        };
+        (decision, extra_verdicts.unwrap_or_default(), tally)
     }
 
     async fn decide_inner<'s>(
@@ -285,7 +310,7 @@ impl Engine {
         snapshot: &'s Snapshot,
         facts: &RequestFacts<'_>,
         extra: &[ExtraCheck],
-    ) -> (Decision, &'s DecisionCounters, Option<Verdicts>) {
+    ) -> (Decision, &'s Arc<DecisionCounters>, Option<Verdicts>) {
         let config = &snapshot.config;
         let unrouted = &snapshot.rules.none;
         if !config.global.enabled {

@@ -89,7 +89,7 @@ impl RuleSet {
     }
 
     /// The counters of `rule`, one of `rules` (`none` for any other).
-    pub fn counters_of(&self, rule: &Arc<Rule>) -> &DecisionCounters {
+    pub fn counters_of(&self, rule: &Arc<Rule>) -> &Arc<DecisionCounters> {
         self.rules
             .iter()
             .position(|r| Arc::ptr_eq(r, rule))

@@ -11,6 +11,7 @@ use integration_tests::grpc::{EchoClient, EchoServer, drain, feed, start_echo_se
 use integration_tests::net::{
     RunningGateway, get, http1_client, localhost_certificate, send, start_gateway,
 };
+use ratethrottle::metrics::DecisionKind;
 use tonic::{Code, Request, Status};
 
 fn config(grpc: &str) -> String {
@@ -228,7 +229,7 @@ fn assert_status(status: &Status, code: Code, needle: &str) {
 
 #[tokio::test]
 async fn requests_per_minute_is_per_method_and_answered_with_status_8() {
-    let (_upstream, _gateway, mut client) = setup("{ requests_per_minute: 2 }").await;
+    let (_upstream, gateway, mut client) = setup("{ requests_per_minute: 2 }").await;
     for _ in 0..2 {
         client
             .unary(Request::new(Bytes::from_static(b"x")))
@@ -247,6 +248,20 @@ async fn requests_per_minute_is_per_method_and_answered_with_status_8() {
     assert!(over.message().contains("retry after"), "{over:?}");
     // Trailers-only, with the wait in retry-after as for HTTP.
     assert!(over.metadata().get("retry-after").is_some(), "{over:?}");
+    // Counted as refused by the protocol limit, not as allowed by the rules.
+    let counted = |rule: &str, kind| {
+        gateway
+            .gateway
+            .engine()
+            .request_counters()
+            .get("echo", rule)
+            .get(kind)
+    };
+    assert_eq!(counted("", DecisionKind::Allowed), 2);
+    assert_eq!(
+        counted("echo.grpc.requests_per_minute", DecisionKind::RateLimited),
+        1
+    );
     // Another method has its own count.
     client.split(Bytes::from_static(b"a")).await.unwrap();
 }

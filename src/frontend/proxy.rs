@@ -142,9 +142,9 @@ impl Proxy {
                 cost: 1,
             };
             let extra = graphql.map_or(&[][..], |charge| charge.checks());
-            self.engine.decide_with_extra(&facts, extra).await
+            self.engine.decide_tallied(&facts, extra).await
         };
-        let (decision, extra_verdicts) = decision;
+        let (decision, extra_verdicts, tally) = decision;
         let now = self.engine.now();
         let graphql_rejection = graphql.and_then(|c| c.rejection(&decision, options, now));
         if let Some(rejection) =
@@ -203,8 +203,12 @@ impl Proxy {
         };
         let mut passthrough = match admission.admit(kind, &mut request).await {
             Ok(passthrough) => passthrough,
-            Err(decision) => return self.protocol_rejection(kind, &decision, options),
+            Err(refusal) => {
+                tally.refused_by(route.as_deref().map(|r| &*r.name), &refusal);
+                return self.protocol_rejection(kind, &refusal, options);
+            }
         };
+        drop(tally);
         let mut outgoing = forwarded_request(request, conn, host, trusted, max_body);
         passthrough.prepare(&mut outgoing, &self.engine);
         let upstreams = self.upstreams.load_full();
