@@ -25,7 +25,7 @@ use crate::frontend::proxy::Proxy;
 use crate::metrics::ServerMetrics;
 use crate::protect::conn_screen::EngineScreen;
 use crate::reload::{self, ReloadTrigger};
-use crate::server::{ConnScreen, ConnSettings, ConnTracker, Handler, Listener};
+use crate::server::{ConnScreen, ConnSettings, ConnTracker, Handler, Lifecycle, Listener};
 use crate::store::{MemoryStore, RedisShared, RedisStore, RedisStoreOptions, Store};
 use crate::tls::{self, TlsAcceptorCell};
 use crate::upstream::Upstreams;
@@ -343,6 +343,10 @@ impl Gateway {
             upstreams: Arc::clone(&self.upstreams),
             metrics: Arc::clone(&self.metrics),
             inflight: Arc::clone(&self.inflight),
+            lifecycle: Lifecycle {
+                tracker: self.connections.clone(),
+                drain: self.drain.clone(),
+            },
         };
         let screen = EngineScreen {
             engine: Arc::clone(&self.engine),

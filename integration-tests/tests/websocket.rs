@@ -195,6 +195,29 @@ async fn over_messages_per_minute_both_sides_get_1008() {
     assert_reported(&gateway, "chat.websocket.messages_per_minute").await;
 }
 
+/// A shutdown closes open connections with 1001 (going away) on both sides
+/// and waits for their relays, as for requests in flight.
+#[tokio::test]
+async fn a_shutdown_closes_open_connections_with_1001_and_waits_for_them() {
+    let mut upstream = start_echo_server().await;
+    let gateway = gateway("{ messages_per_minute: 100 }", &upstream).await;
+    let mut ws = connect(&gateway).await.unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Some(Message::text("hi")));
+    assert_eq!(seen(&mut upstream).await, Message::text("hi"));
+
+    let gw = std::sync::Arc::clone(&gateway.gateway);
+    let started = std::time::Instant::now();
+    let shutdown = tokio::spawn(async move { gw.shutdown().await });
+    let (code, reason) = close_code(next(&mut ws).await);
+    assert_eq!(code, 1001);
+    assert!(reason.contains("shutting down"), "{reason}");
+    assert_eq!(close_code(Some(seen(&mut upstream).await)).0, 1001);
+    drop(ws);
+    assert!(shutdown.await.unwrap(), "the relay was waited for");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
 /// Waits (up to 5 s) for `/violations` to name `limit`.
 async fn assert_reported(gateway: &RunningGateway, limit: &str) {
     let admin = format!("http://{}/violations?limit=5", gateway.admin());

@@ -16,6 +16,7 @@ use crate::body::{self, Body};
 use crate::decision::Decision;
 use crate::engine::Engine;
 use crate::route::Route;
+use crate::server::Lifecycle;
 use crate::snapshot::Snapshot;
 use crate::upstream::{UpstreamError, Upstreams};
 
@@ -196,14 +197,26 @@ impl Passthrough {
     }
 
     /// The upstream's response as the client gets it.
-    pub fn finish(self, response: Response<Body>, engine: &Arc<Engine>) -> Response<Body> {
+    pub fn finish(
+        self,
+        response: Response<Body>,
+        engine: &Arc<Engine>,
+        lifecycle: &Lifecycle,
+    ) -> Response<Body> {
         match self {
             Passthrough::Http => response,
             Passthrough::WebSocket {
                 client,
                 admitted,
                 reporter,
-            } => websocket::finish(response, client, admitted, clock(engine), reporter),
+            } => {
+                let relay = websocket::Relay {
+                    admitted,
+                    now: clock(engine),
+                    reporter,
+                };
+                websocket::finish(response, client, relay, lifecycle)
+            }
             Passthrough::Grpc {
                 admitted, stream, ..
             } => {

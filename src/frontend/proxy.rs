@@ -23,7 +23,7 @@ use crate::engine::{Engine, RequestFacts};
 use crate::graphql::{Charge, Gate};
 use crate::metrics::ServerMetrics;
 use crate::protect::ddos::Event as DdosEvent;
-use crate::server::{ConnInfo, Handler};
+use crate::server::{ConnInfo, Handler, Lifecycle};
 use crate::upstream::{UpstreamError, Upstreams};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -49,6 +49,8 @@ pub struct Proxy {
     pub metrics: Arc<ServerMetrics>,
     /// Open WebSocket connections and gRPC calls per identity (this instance).
     pub inflight: Arc<InFlight>,
+    /// WebSocket relays outlive their request: tracked, and closed on drain.
+    pub lifecycle: Lifecycle,
 }
 
 /// Marks a response the gateway made itself (not the upstream's), so a gRPC
@@ -228,7 +230,7 @@ impl Proxy {
         }
         strip_hop_by_hop(response.headers_mut());
         // After the stripping: a WebSocket 101 gets its Upgrade headers back.
-        let mut response = passthrough.finish(response, &self.engine);
+        let mut response = passthrough.finish(response, &self.engine, &self.lifecycle);
         // The client speaks its own version with us, whatever the upstream spoke (e.g. HTTP/1.0).
         *response.version_mut() = client_version;
         if let Some(quota) = &quota {

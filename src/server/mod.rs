@@ -51,6 +51,15 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Body>> + Send;
 }
 
+/// What a connection taken over after an upgrade (a WebSocket relay) needs
+/// to end with the gateway: the tracker shutdown waits on, and the token
+/// cancelled when the drain begins.
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    pub tracker: TaskTracker,
+    pub drain: CancellationToken,
+}
+
 /// Timeouts and sizes that apply to a connection, read from the config when it is accepted.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnSettings {

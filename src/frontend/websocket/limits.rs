@@ -7,6 +7,7 @@ use crate::limit::{CompactState, Limit, Nanos, StrategyKind};
 
 use super::frames::FrameHeader;
 
+pub const GOING_AWAY: u16 = 1001;
 pub const POLICY_VIOLATION: u16 = 1008;
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 pub const PROTOCOL_ERROR: u16 = 1002;

@@ -23,6 +23,7 @@ use super::protocol_limits::{
 use crate::config::WebSocketLimits;
 use crate::decision::Decision;
 use crate::engine::Engine;
+use crate::server::Lifecycle;
 use crate::snapshot::Snapshot;
 use limits::MessagePolicy;
 
@@ -123,26 +124,40 @@ pub fn restore_upgrade_headers(headers: &mut HeaderMap) {
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
 }
 
+/// What the relay of one admitted WebSocket connection works with.
+pub struct Relay {
+    pub admitted: Option<Admitted>,
+    pub now: relay::Now,
+    pub reporter: Option<Reporter>,
+}
+
 /// When the upstream switched protocols, relays the two upgraded connections
 /// in the background and returns the 101 for the client; any other answer
-/// (a refusal, an error page) goes back as it is.
+/// (a refusal, an error page) goes back as it is. The relay is one of the
+/// gateway's tracked connections: a shutdown closes it with 1001 (going
+/// away) at a frame boundary and waits for it, as for a request in flight.
 pub fn finish<B>(
     mut response: Response<B>,
     client: OnUpgrade,
-    admitted: Option<Admitted>,
-    now: relay::Now,
-    reporter: Option<Reporter>,
+    relay: Relay,
+    lifecycle: &Lifecycle,
 ) -> Response<B> {
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return response;
     }
     let upstream = hyper::upgrade::on(&mut response);
     restore_upgrade_headers(response.headers_mut());
+    let Relay {
+        admitted,
+        now,
+        reporter,
+    } = relay;
     let (guard, policy) = match admitted {
         Some(Admitted { guard, policy }) => (guard, policy),
         None => (None, MessagePolicy::new(&UNLIMITED)),
     };
-    tokio::spawn(async move {
+    let drain = lifecycle.drain.clone();
+    lifecycle.tracker.spawn(async move {
         // The slot stays taken for as long as this task runs: until both
         // sides have hung up, even when the upstream vanished first.
         let _guard = guard;
@@ -157,7 +172,8 @@ pub fn finish<B>(
                 return;
             }
         };
-        let outcome = relay::relay(TokioIo::new(client), TokioIo::new(upstream), policy, now).await;
+        let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        let outcome = relay::relay(client, upstream, policy, now, drain).await;
         if let relay::Outcome::ClosedByGateway(reason) = outcome {
             tracing::debug!(code = reason.code, reason = %reason.reason, "websocket closed by the gateway");
             if let (Some(reporter), Some((key, limit))) = (&reporter, reason.limit) {

@@ -1,7 +1,8 @@
 //! Copies an upgraded WebSocket connection both ways at once, byte for byte,
 //! reading frame headers on the way to count and check client traffic. When
 //! a limit is broken (or a peer sends malformed frames) the gateway closes
-//! both sides with a close frame at a frame boundary, then ends the relay.
+//! both sides with a close frame at a frame boundary, then ends the relay;
+//! so it does, with 1001 (going away), when the gateway shuts down.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
@@ -9,9 +10,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use super::frames::{Scan, Scanner, close_frame};
-use super::limits::{CloseReason, MessagePolicy, PROTOCOL_ERROR};
+use super::limits::{CloseReason, GOING_AWAY, MessagePolicy, PROTOCOL_ERROR};
 use crate::limit::Nanos;
 
 /// Read buffer per direction: memory per connection is bounded by twice this.
@@ -34,8 +36,16 @@ pub enum Outcome {
 }
 
 /// Relays until both directions have ended. `policy` checks the client's
-/// frames; the upstream's are only checked for validity.
-pub async fn relay<C, U>(client: C, upstream: U, policy: MessagePolicy, now: Now) -> Outcome
+/// frames; the upstream's are only checked for validity. Once `shutdown` is
+/// cancelled, each direction closes its receiver with 1001 at its next frame
+/// boundary.
+pub async fn relay<C, U>(
+    client: C,
+    upstream: U,
+    policy: MessagePolicy,
+    now: Now,
+    shutdown: CancellationToken,
+) -> Outcome
 where
     C: AsyncRead + AsyncWrite + Send,
     U: AsyncRead + AsyncWrite + Send,
@@ -60,8 +70,8 @@ where
         tell_other: Some(to_up),
     };
     let (a, b) = tokio::join!(
-        up.run(client_read, upstream_write, from_down),
-        down.run(upstream_read, client_write, from_up)
+        up.run(client_read, upstream_write, from_down, &shutdown),
+        down.run(upstream_read, client_write, from_up, &shutdown)
     );
     match a.or(b) {
         Some(reason) => Outcome::ClosedByGateway(reason),
@@ -97,6 +107,7 @@ impl Pump {
         mut read: R,
         mut write: W,
         from_other: oneshot::Receiver<CloseReason>,
+        shutdown: &CancellationToken,
     ) -> Option<CloseReason>
     where
         R: AsyncRead + Unpin,
@@ -107,6 +118,10 @@ impl Pump {
         let mut pending: Option<CloseReason> = None;
         // Taken once it has answered: a finished receiver must not be polled again.
         let mut from_other = Some(from_other);
+        // A shutdown already under way when the relay starts closes it at once.
+        if shutdown.is_cancelled() {
+            pending = Some(going_away());
+        }
         loop {
             let (pos, stop) = self.scan(&buf[..filled], pending.is_some());
             if pos > 0 && write_out(&mut write, &buf[..pos]).await.is_err() {
@@ -132,19 +147,20 @@ impl Pump {
             buf.copy_within(pos..filled, 0);
             filled -= pos;
 
-            let read_result = match from_other.as_mut() {
-                Some(other) => tokio::select! {
-                    result = read.read(&mut buf[filled..]) => result,
-                    reason = other => {
-                        from_other = None;
-                        // A dropped sender means the other side ended on its own: carry on.
-                        if let Ok(reason) = reason {
-                            pending = Some(reason);
-                        }
-                        continue;
+            let read_result = tokio::select! {
+                result = read.read(&mut buf[filled..]) => result,
+                reason = async { from_other.as_mut()?.await.ok() }, if from_other.is_some() => {
+                    from_other = None;
+                    // None: the other side ended on its own; carry on.
+                    if reason.is_some() && pending.is_none() {
+                        pending = reason;
                     }
-                },
-                None => read.read(&mut buf[filled..]).await,
+                    continue;
+                }
+                () = shutdown.cancelled(), if pending.is_none() => {
+                    pending = Some(going_away());
+                    continue;
+                }
             };
             match read_result {
                 Ok(0) | Err(_) => {
@@ -208,6 +224,15 @@ impl Pump {
     }
 }
 
+/// The close the gateway sends both sides when it shuts down.
+fn going_away() -> CloseReason {
+    CloseReason {
+        code: GOING_AWAY,
+        reason: "gateway shutting down".to_string(),
+        limit: None,
+    }
+}
+
 async fn write_out<W: AsyncWrite + Unpin>(write: &mut W, bytes: &[u8]) -> std::io::Result<()> {
     write.write_all(bytes).await?;
     // TLS streams hold written bytes until flushed.
@@ -260,6 +285,7 @@ mod tests {
             gateway_upstream,
             limits(Some(2), None),
             Arc::new(|| 1_000),
+            CancellationToken::new(),
         ));
         // Two allowed messages (one fragmented, with a ping between), then one too many.
         let mut sent = masked(0x1, false, b"he");
@@ -304,6 +330,7 @@ mod tests {
                 gateway_upstream,
                 limits(None, Some(10)),
                 Arc::new(|| 0),
+                CancellationToken::new(),
             ));
             client.write_all(&input).await.unwrap();
             let (to_upstream, to_client) = tokio::join!(read_all(upstream), read_all(client));
@@ -315,6 +342,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_shutdown_closes_both_sides_with_1001_at_a_frame_boundary() {
+        let (mut client, gateway_client) = duplex(64);
+        let (gateway_upstream, mut upstream) = duplex(64);
+        let shutdown = CancellationToken::new();
+        let relay = tokio::spawn(relay(
+            gateway_client,
+            gateway_upstream,
+            limits(None, None),
+            Arc::new(|| 0),
+            shutdown.clone(),
+        ));
+        // Half a frame from the client (its header, mask and two payload
+        // bytes) has gone through when the shutdown comes.
+        let message = masked(0x1, true, b"hello");
+        let (first, rest) = message.split_at(8);
+        client.write_all(first).await.unwrap();
+        let mut got = [0u8; 8];
+        upstream.read_exact(&mut got).await.unwrap();
+        shutdown.cancel();
+        // The frame is finished before the close: nothing is cut in two.
+        client.write_all(rest).await.unwrap();
+
+        let (to_upstream, to_client) = tokio::join!(read_all(upstream), read_all(client));
+        assert_eq!(relay.await.unwrap(), Outcome::Closed);
+        assert_eq!(&to_upstream[..rest.len()], rest);
+        let close = &to_upstream[rest.len()..];
+        assert_eq!(close[0], 0x88);
+        assert_eq!(close[1] & 0x80, 0x80, "masked toward the upstream");
+        let code = u16::from_be_bytes([close[6] ^ close[2], close[7] ^ close[3]]);
+        assert_eq!(code, GOING_AWAY);
+        assert_eq!(to_client[0], 0x88);
+        assert_eq!(u16::from_be_bytes([to_client[2], to_client[3]]), GOING_AWAY);
+    }
+
+    #[tokio::test]
     async fn an_upstream_that_vanishes_ends_the_relay() {
         let (client, gateway_client) = duplex(64);
         let (gateway_upstream, upstream) = duplex(64);
@@ -323,6 +385,7 @@ mod tests {
             gateway_upstream,
             limits(None, None),
             Arc::new(|| 0),
+            CancellationToken::new(),
         ));
         drop(upstream);
         // The client sees the end of stream and hangs up in turn.
