@@ -34,6 +34,8 @@ use crate::upstream::Upstreams;
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight requests.
 const DRAIN_FOR: Duration = Duration::from_secs(30);
+/// After the drain: how long queued webhook events get to be sent.
+const FLUSH_WEBHOOKS_FOR: Duration = Duration::from_secs(5);
 /// File events closer than this are one change.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
 
@@ -99,6 +101,8 @@ pub struct Gateway {
     drain: CancellationToken,
     shutdown: CancellationToken,
     _watcher: Mutex<Option<reload::FileWatcher>>,
+    /// Violation and alert webhooks, flushed at shutdown.
+    alerts: std::sync::OnceLock<Arc<crate::alerts::Dispatcher>>,
     /// Lets listeners and the admin API reach the gateway without owning it.
     me: Weak<Gateway>,
 }
@@ -148,11 +152,14 @@ impl Gateway {
             drain: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             _watcher: Mutex::new(None),
+            alerts: std::sync::OnceLock::new(),
             me: me.clone(),
         });
         gateway.sync_listeners(&gateway.engine.snapshot().config)?;
         Engine::spawn_sweeper(&gateway.engine, SWEEP_EVERY);
-        crate::alerts::Dispatcher::install(&gateway.engine);
+        let _ = gateway
+            .alerts
+            .set(crate::alerts::Dispatcher::install(&gateway.engine));
         Ok(gateway)
     }
 
@@ -462,6 +469,12 @@ impl Gateway {
                 open = self.connections.len(),
                 "shutdown: connections still open after the drain period"
             );
+        }
+        // The drained requests' violations, and anything queued before, go out.
+        if let Some(alerts) = self.alerts.get()
+            && !alerts.close(FLUSH_WEBHOOKS_FOR).await
+        {
+            tracing::warn!("shutdown: webhook events still unsent after the flush period");
         }
         drained
     }

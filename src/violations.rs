@@ -46,6 +46,8 @@ pub struct ViolationHub {
     sender: Mutex<Option<SyncSender<Violation>>>,
     has_handlers: std::sync::atomic::AtomicBool,
     dropped: AtomicU64,
+    /// Events queued for the handlers (not dropped).
+    accepted: AtomicU64,
     delivered: Arc<AtomicU64>,
 }
 
@@ -74,7 +76,7 @@ impl ViolationHub {
                                 tracing::error!(rule = %event.rule, "a violation handler panicked");
                             }
                         }
-                        delivered.fetch_add(1, Ordering::Relaxed);
+                        delivered.fetch_add(1, Ordering::Release);
                     }
                 });
             match spawned {
@@ -92,9 +94,13 @@ impl ViolationHub {
         }
         let sender = self.sender.lock().clone();
         if let Some(sender) = sender {
+            // Counted first: `settled` must never see a delivery it has not
+            // seen accepted.
+            self.accepted.fetch_add(1, Ordering::AcqRel);
             match sender.try_send(event) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    self.accepted.fetch_sub(1, Ordering::AcqRel);
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -109,5 +115,10 @@ impl ViolationHub {
     /// Events every handler has been called with.
     pub fn delivered(&self) -> u64 {
         self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Whether every event published so far has reached the handlers.
+    pub fn settled(&self) -> bool {
+        self.delivered.load(Ordering::Acquire) >= self.accepted.load(Ordering::Acquire)
     }
 }

@@ -228,6 +228,27 @@ async fn violations_reach_the_webhook_as_a_json_batch() {
     assert!(event["time"].as_f64().is_some_and(|t| t > 1.7e9));
 }
 
+/// Shutdown sends what the webhook sinks still hold (a batch would
+/// otherwise wait a second for more events) before it returns.
+#[tokio::test]
+async fn shutdown_flushes_queued_webhook_events() {
+    let hook = Receiver::start().await;
+    let upstream = start_upstream().await;
+    let gateway = start_gateway(&webhook_yaml(&hook.url()), Some(upstream.addr)).await;
+    let client = http1_client();
+    for _ in 0..5 {
+        send(&client, get(&gateway.url("/api/items"), &[])).await;
+    }
+    assert!(gateway.gateway.shutdown().await);
+    // No waiting: the events are there when shutdown returns.
+    let enforced = hook
+        .events()
+        .into_iter()
+        .filter(|e| e["rule"] == "tight" && e["shadow"] == false)
+        .count();
+    assert_eq!(enforced, 2, "{:?}", hook.bodies());
+}
+
 #[tokio::test]
 async fn thresholds_raise_alerts_through_the_json_and_slack_sinks() {
     let json = Receiver::start().await;

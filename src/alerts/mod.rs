@@ -14,6 +14,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::engine::Engine;
@@ -34,6 +35,8 @@ const LOG_LINES_PER_SECOND: u64 = 10;
 pub struct Dispatcher {
     engine: Weak<Engine>,
     runtime: tokio::runtime::Handle,
+    /// The sinks' tasks, waited on by [`Dispatcher::close`].
+    sink_tasks: TaskTracker,
     tuning: Tuning,
     counters: Arc<WebhookCounters>,
     /// Enforced violations seen, for `violations_per_minute`.
@@ -42,6 +45,8 @@ pub struct Dispatcher {
 }
 
 struct State {
+    /// Set by [`Dispatcher::close`]: no sink is built again.
+    closed: bool,
     /// The config the sinks were built from; a reload swaps the engine's.
     config: Arc<Config>,
     sinks: Vec<Sink>,
@@ -65,15 +70,24 @@ impl Dispatcher {
         counters: Arc<WebhookCounters>,
     ) -> Arc<Dispatcher> {
         let runtime = tokio::runtime::Handle::current();
+        let sink_tasks = TaskTracker::new();
         let config = Arc::clone(&engine.snapshot().config);
-        let sinks = build_sinks(&config, &[], tuning, &counters, &runtime);
+        let spawner = SinkSpawner {
+            tuning,
+            counters: &counters,
+            runtime: &runtime,
+            tasks: &sink_tasks,
+        };
+        let sinks = build_sinks(&config, &[], &spawner);
         let dispatcher = Arc::new(Dispatcher {
             engine: Arc::downgrade(engine),
             runtime,
+            sink_tasks,
             tuning,
             counters,
             violations_seen: AtomicU64::new(0),
             state: Mutex::new(State {
+                closed: false,
                 config,
                 sinks,
                 log_second: 0,
@@ -89,6 +103,30 @@ impl Dispatcher {
 
     pub fn counters(&self) -> &Arc<WebhookCounters> {
         &self.counters
+    }
+
+    /// At shutdown: lets the violations already published reach the sinks,
+    /// then closes the sinks and waits for them to send what they hold (a
+    /// partial batch at once, retries included), all within `within`.
+    /// Returns whether everything was sent or given up on in time; events
+    /// raised afterwards are not sent.
+    pub async fn close(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        if let Some(engine) = self.engine.upgrade() {
+            while !engine.violation_hub().settled() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        {
+            let mut state = self.state.lock();
+            state.closed = true;
+            // Dropping the senders lets each sink send its batch and end.
+            state.sinks.clear();
+        }
+        self.sink_tasks.close();
+        tokio::time::timeout_at(deadline, self.sink_tasks.wait())
+            .await
+            .is_ok()
     }
 
     /// Called on the engine's violation thread, never on a request.
@@ -143,6 +181,9 @@ impl Dispatcher {
     /// Follows a reload: sinks whose settings are unchanged are kept (with
     /// what they have queued), others are replaced.
     fn refresh(&self, state: &mut State) {
+        if state.closed {
+            return;
+        }
         let Some(engine) = self.engine.upgrade() else {
             return;
         };
@@ -152,7 +193,13 @@ impl Dispatcher {
         }
         if current.violations.webhooks != state.config.violations.webhooks {
             let old = std::mem::take(&mut state.sinks);
-            state.sinks = build_sinks(&current, &old, self.tuning, &self.counters, &self.runtime);
+            let spawner = SinkSpawner {
+                tuning: self.tuning,
+                counters: &self.counters,
+                runtime: &self.runtime,
+                tasks: &self.sink_tasks,
+            };
+            state.sinks = build_sinks(&current, &old, &spawner);
         }
         state.config = current;
     }
@@ -160,13 +207,15 @@ impl Dispatcher {
 
 /// One sink per configured webhook, reusing a running one when its settings
 /// are the same (dropping the others lets them finish and end).
-fn build_sinks(
-    config: &Config,
-    old: &[Sink],
+/// What a new sink is started with.
+struct SinkSpawner<'a> {
     tuning: Tuning,
-    counters: &Arc<WebhookCounters>,
-    runtime: &tokio::runtime::Handle,
-) -> Vec<Sink> {
+    counters: &'a Arc<WebhookCounters>,
+    runtime: &'a tokio::runtime::Handle,
+    tasks: &'a TaskTracker,
+}
+
+fn build_sinks(config: &Config, old: &[Sink], spawner: &SinkSpawner<'_>) -> Vec<Sink> {
     let mut old: Vec<Option<&Sink>> = old.iter().map(Some).collect();
     config
         .violations
@@ -179,7 +228,13 @@ fn build_sinks(
                 .and_then(Option::take);
             match reused {
                 Some(sink) => sink.clone(),
-                None => Sink::spawn(hook.clone(), tuning, Arc::clone(counters), runtime),
+                None => Sink::spawn(
+                    hook.clone(),
+                    spawner.tuning,
+                    Arc::clone(spawner.counters),
+                    spawner.runtime,
+                    spawner.tasks,
+                ),
             }
         })
         .collect()

@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ClientConfig;
 use rustls::crypto::ring;
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 use super::payload::{self, Event};
 use crate::config::{WebhookConfig, WebhookFormat};
@@ -60,16 +61,18 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Starts the sink's task on `runtime`.
+    /// Starts the sink's task on `runtime`, tracked by `tasks` so a shutdown
+    /// can wait for it to send what it holds.
     pub fn spawn(
         config: WebhookConfig,
         tuning: Tuning,
         counters: Arc<WebhookCounters>,
         runtime: &tokio::runtime::Handle,
+        tasks: &TaskTracker,
     ) -> Sink {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
         let poster = Poster::new(&config);
-        runtime.spawn(run(rx, poster, tuning, Arc::clone(&counters)));
+        tasks.spawn_on(run(rx, poster, tuning, Arc::clone(&counters)), runtime);
         Sink {
             config,
             queue,
