@@ -379,6 +379,8 @@ mod tests {
         /// HTTP/1.1 that closes every connection after one response.
         Http1Close,
         Http2,
+        /// HTTP/2 that sends GOAWAY once a connection has answered one request.
+        Http2GoAwayAfterOne,
         /// HTTP/1.1 or h2 by ALPN.
         Tls(Arc<rustls::ServerConfig>),
     }
@@ -438,6 +440,29 @@ mod tests {
                                 .serve_connection(TokioIo::new(tcp), service_fn(echo))
                                 .await
                                 .map_err(BoxError::from)
+                        }
+                        Serve::Http2GoAwayAfterOne => {
+                            let answered = Arc::new(tokio::sync::Notify::new());
+                            let notify = answered.clone();
+                            let service = service_fn(move |request| {
+                                let notify = notify.clone();
+                                async move {
+                                    let response = echo(request).await;
+                                    notify.notify_one();
+                                    response
+                                }
+                            });
+                            let connection =
+                                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                    .serve_connection(TokioIo::new(tcp), service);
+                            tokio::pin!(connection);
+                            tokio::select! {
+                                result = connection.as_mut() => result.map_err(BoxError::from),
+                                () = answered.notified() => {
+                                    connection.as_mut().graceful_shutdown();
+                                    connection.await.map_err(BoxError::from)
+                                }
+                            }
                         }
                         Serve::Tls(config) => {
                             let Ok(tls) = tokio_rustls::TlsAcceptor::from(config.clone())
@@ -809,6 +834,39 @@ mod tests {
             call.await.unwrap();
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// An upstream that says GOAWAY after each answer: every request still
+    /// gets through, on a new connection once the GOAWAY has arrived.
+    /// (hyper's graceful GOAWAY lets a request that crossed it finish, so a
+    /// connection may answer two.)
+    #[tokio::test]
+    async fn http2_requests_after_a_goaway_go_on_a_new_connection() {
+        let (addr, accepted) = upstream(Serve::Http2GoAwayAfterOne).await;
+        let mut c = config("api", format!("http://{addr}"));
+        c.http2 = true;
+        let upstreams = Upstreams::new(&[c]).unwrap();
+        for i in 0..5 {
+            let path = format!("/call/{i}");
+            let response = upstreams.send("api", get(&path)).await.unwrap();
+            assert_eq!(header(&response, "x-seen-path"), path);
+            text(response).await;
+        }
+        let connections = accepted.load(Ordering::SeqCst);
+        assert!((3..=5).contains(&connections), "{connections} connections");
+
+        // Many at once: those the GOAWAY turns away unprocessed are sent again.
+        let calls = (0..16).map(|i| {
+            let upstreams = upstreams.clone();
+            tokio::spawn(async move { upstreams.send("api", get(&format!("/many/{i}"))).await })
+        });
+        let mut failed = Vec::new();
+        for call in calls.collect::<Vec<_>>() {
+            if let Err(error) = call.await.unwrap() {
+                failed.push(error.to_string());
+            }
+        }
+        assert!(failed.is_empty(), "{failed:?}");
     }
 
     #[test]
