@@ -789,6 +789,27 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
+    /// With no traffic at all, an idle connection is still closed once the
+    /// idle timeout has passed: the next request dials a new one.
+    #[tokio::test]
+    async fn idle_connections_close_after_the_idle_timeout_without_traffic() {
+        let (addr, accepted) = upstream(Serve::Http1).await;
+        let upstreams = Upstreams::new(&[config("api", format!("http://{addr}"))]).unwrap();
+        text(upstreams.send("api", get("/one")).await.unwrap()).await;
+        text(upstreams.send("api", get("/two")).await.unwrap()).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused while fresh");
+
+        tokio::time::pause();
+        tokio::time::advance(POOL_IDLE_TIMEOUT + Duration::from_secs(1)).await;
+        // The sweep is a task of its own: let it run.
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::resume();
+        text(upstreams.send("api", get("/three")).await.unwrap()).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
     #[tokio::test]
     async fn a_response_dropped_halfway_takes_its_connection_with_it() {
         let (addr, accepted) = upstream(Serve::Http1).await;

@@ -4,8 +4,10 @@
 //! used one (or dials a new one) and the connection comes back when the
 //! response body has been read to its end; a response dropped halfway
 //! closes its connection instead, since what is left of the body would
-//! have to be read first. HTTP/2: one connection that every request shares,
-//! dialled again once it closes.
+//! have to be read first. Idle connections are closed after the idle
+//! timeout, at the next check-in or by a background sweep when traffic
+//! stops. HTTP/2: one connection that every request shares, dialled again
+//! once it closes.
 //!
 //! This is leaner on the request path than hyper-util's general pool (no
 //! per-request task to wait for a connection to be ready again, no hashing
@@ -13,9 +15,9 @@
 //! every request it admits.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Once, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -27,6 +29,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use parking_lot::Mutex;
+use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::body::{Body, BoxError};
@@ -66,6 +69,9 @@ pub struct Pool {
     /// One HTTP/2 dial at a time: a burst of first requests opens one
     /// connection, not one each.
     dialling: tokio::sync::Mutex<()>,
+    /// Started with the first check-in (always on the runtime).
+    sweeper: Once,
+    me: Weak<Pool>,
 }
 
 #[derive(Debug)]
@@ -76,12 +82,14 @@ struct IdleConnection {
 
 impl Pool {
     pub fn new(config: PoolConfig, connector: HttpsConnector<HttpConnector>) -> Arc<Pool> {
-        Arc::new(Pool {
+        Arc::new_cyclic(|me| Pool {
             config,
             connector,
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
             dialling: tokio::sync::Mutex::new(()),
+            sweeper: Once::new(),
+            me: me.clone(),
         })
     }
 
@@ -196,8 +204,19 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
+        self.sweeper.call_once(|| {
+            tokio::spawn(sweep(self.me.clone(), self.config.idle_timeout));
+        });
         let now = Instant::now();
         let mut idle = self.idle.lock();
+        self.expire(&mut idle, now);
+        if idle.len() < self.config.max_idle {
+            idle.push(IdleConnection { sender, since: now });
+        }
+    }
+
+    /// Closes (drops) the connections idle for the idle timeout or longer.
+    fn expire(&self, idle: &mut Vec<IdleConnection>, now: Instant) {
         // The oldest are at the front.
         let timeout = self.config.idle_timeout;
         let stale = idle
@@ -205,9 +224,6 @@ impl Pool {
             .take_while(|c| now.duration_since(c.since) >= timeout)
             .count();
         idle.drain(..stale);
-        if idle.len() < self.config.max_idle {
-            idle.push(IdleConnection { sender, since: now });
-        }
     }
 
     /// Wraps the response body so the connection returns to the pool when
@@ -298,6 +314,20 @@ impl Pool {
         parts.authority = Some(authority);
         parts.path_and_query = Some(origin_form(uri));
         Uri::from_parts(parts).unwrap_or_else(|_| Uri::from(origin_form(uri)))
+    }
+}
+
+/// Closes a pool's expired idle connections when no check-in does it
+/// (traffic stopped), until the pool is dropped (a reload replaced it).
+async fn sweep(pool: Weak<Pool>, idle_timeout: Duration) {
+    let every = (idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let mut idle = pool.idle.lock();
+        pool.expire(&mut idle, Instant::now());
     }
 }
 
