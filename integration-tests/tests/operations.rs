@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use integration_tests::hook::Receiver;
-use integration_tests::net::{get, http1_client, send, start_gateway, start_upstream};
+use integration_tests::net::{
+    RunningGateway, Upstream, get, http1_client, send, start_gateway, start_upstream,
+};
 use integration_tests::{Req, cli, config_from, engine as make_engine};
 use ratethrottle::alerts::{Dispatcher, Tuning};
 use ratethrottle::cli::monitor::{Key, Link, MonitorState, Source, View, screen_text};
@@ -188,8 +190,9 @@ fn webhook_yaml(hook: &str) -> String {
         + &format!("violations:\n  webhook: {{ url: \"{hook}\", timeout: 2s }}\n")
 }
 
-#[tokio::test]
-async fn violations_reach_the_webhook_as_a_json_batch() {
+/// A gateway with a webhook, after five requests to `tight` (limit 3): two
+/// enforced violations on their way to the webhook.
+async fn two_violations_for_a_webhook() -> (Receiver, Upstream, RunningGateway) {
     let hook = Receiver::start().await;
     let upstream = start_upstream().await;
     let gateway = start_gateway(&webhook_yaml(&hook.url()), Some(upstream.addr)).await;
@@ -197,6 +200,12 @@ async fn violations_reach_the_webhook_as_a_json_batch() {
     for _ in 0..5 {
         send(&client, get(&gateway.url("/api/items"), &[])).await;
     }
+    (hook, upstream, gateway)
+}
+
+#[tokio::test]
+async fn violations_reach_the_webhook_as_a_json_batch() {
+    let (hook, _upstream, _gateway) = two_violations_for_a_webhook().await;
     let enforced = |bodies: &[serde_json::Value]| {
         bodies
             .iter()
@@ -232,13 +241,7 @@ async fn violations_reach_the_webhook_as_a_json_batch() {
 /// otherwise wait a second for more events) before it returns.
 #[tokio::test]
 async fn shutdown_flushes_queued_webhook_events() {
-    let hook = Receiver::start().await;
-    let upstream = start_upstream().await;
-    let gateway = start_gateway(&webhook_yaml(&hook.url()), Some(upstream.addr)).await;
-    let client = http1_client();
-    for _ in 0..5 {
-        send(&client, get(&gateway.url("/api/items"), &[])).await;
-    }
+    let (hook, _upstream, gateway) = two_violations_for_a_webhook().await;
     assert!(gateway.gateway.shutdown().await);
     // No waiting: the events are there when shutdown returns.
     let enforced = hook

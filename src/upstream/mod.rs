@@ -493,6 +493,13 @@ mod tests {
         }
     }
 
+    /// `name`, an HTTP/2 (prior knowledge) upstream at `addr`.
+    fn http2_upstreams(name: &str, addr: SocketAddr) -> Upstreams {
+        let mut c = config(name, format!("http://{addr}"));
+        c.http2 = true;
+        Upstreams::new(&[c]).unwrap()
+    }
+
     fn get(path: &str) -> Request<Body> {
         Request::get(path).body(crate::body::empty()).unwrap()
     }
@@ -551,9 +558,7 @@ mod tests {
     #[tokio::test]
     async fn http2_prior_knowledge_upstream() {
         let (addr, _) = upstream(Serve::Http2).await;
-        let mut c = config("grpc", format!("http://{addr}"));
-        c.http2 = true;
-        let upstreams = Upstreams::new(&[c]).unwrap();
+        let upstreams = http2_upstreams("grpc", addr);
         let request = Request::post("/helloworld.Greeter/SayHello")
             .body(crate::body::full("payload"))
             .unwrap();
@@ -572,9 +577,7 @@ mod tests {
     #[tokio::test]
     async fn http2_upstream_gets_the_clients_host_as_authority_alone() {
         let (addr, _) = upstream(Serve::Http2).await;
-        let mut c = config("grpc", format!("http://{addr}"));
-        c.http2 = true;
-        let upstreams = Upstreams::new(&[c]).unwrap();
+        let upstreams = http2_upstreams("grpc", addr);
 
         let mut request = get("/x");
         request.headers_mut().insert(
@@ -839,9 +842,7 @@ mod tests {
     #[tokio::test]
     async fn http2_requests_share_one_connection() {
         let (addr, accepted) = upstream(Serve::Http2).await;
-        let mut c = config("api", format!("http://{addr}"));
-        c.http2 = true;
-        let upstreams = Upstreams::new(&[c]).unwrap();
+        let upstreams = http2_upstreams("api", addr);
         let calls = (0..16).map(|i| {
             let upstreams = upstreams.clone();
             tokio::spawn(async move {
@@ -864,9 +865,7 @@ mod tests {
     #[tokio::test]
     async fn http2_requests_after_a_goaway_go_on_a_new_connection() {
         let (addr, accepted) = upstream(Serve::Http2GoAwayAfterOne).await;
-        let mut c = config("api", format!("http://{addr}"));
-        c.http2 = true;
-        let upstreams = Upstreams::new(&[c]).unwrap();
+        let upstreams = http2_upstreams("api", addr);
         for i in 0..5 {
             let path = format!("/call/{i}");
             let response = upstreams.send("api", get(&path)).await.unwrap();
