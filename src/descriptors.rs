@@ -193,6 +193,8 @@ impl Engine {
             return Ok(statuses);
         }
 
+        // Under-attack mode tightens these rules as it does every other.
+        let limit_factor = self.ddos().and_then(|guard| guard.limit_factor());
         let checks: Vec<LimitCheck<'_>> = pending
             .iter()
             .map(|p| {
@@ -203,7 +205,7 @@ impl Engine {
                         rule_seed: rule.seed,
                         identity: p.identity,
                     },
-                    limit: rule.limit,
+                    limit: limit_factor.map_or(rule.limit, |f| rule.limit.scaled(f)),
                     cost: p.cost,
                     enforce: !rule.shadow,
                 }

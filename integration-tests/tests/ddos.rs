@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use integration_tests::net::{get, http1_client, send, start_gateway, start_upstream};
-use integration_tests::{Req, decide, engine};
+use integration_tests::{Req, block_on, decide, engine};
 use ratethrottle::decision::{BlockedBy, Decision};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -84,7 +84,10 @@ fn rotating_through_one_ipv6_subnet_gets_the_subnet_blocked() {
 
 #[test]
 fn under_attack_every_limit_is_tightened_and_restored_afterwards() {
-    let yaml = "rules: [{ name: per_ip, limit: 10, window: 1h }]\n\
+    let yaml = "rules:\n\
+                \x20 - { name: per_ip, limit: 10, window: 1h }\n\
+                \x20 - { name: per_tenant, limit: 10, window: 1h, paths: [/never/],\n\
+                \x20     descriptors: [{ domain: edge, entries: [{ key: tenant }] }] }\n\
                 ddos_protection: { under_attack: { requests_per_second: 500, limit_factor: 0.5 } }\n";
     let (engine, clock) = engine(yaml);
     let allowed = |address: &str| {
@@ -93,7 +96,23 @@ fn under_attack_every_limit_is_tightened_and_restored_afterwards() {
             .filter(|_| matches!(decide(&engine, &request), Decision::Allow { .. }))
             .count()
     };
+    // Envoy's rate limit service, one descriptor a call.
+    let allowed_calls = |tenant: &str| {
+        let descriptor = vec![("tenant".to_string(), tenant.to_string())];
+        (0..20)
+            .filter(|_| {
+                let statuses = block_on(engine.check_descriptors(
+                    "edge",
+                    std::slice::from_ref(&descriptor),
+                    1,
+                ))
+                .expect("memory store");
+                !statuses[0].over_limit
+            })
+            .count()
+    };
     assert_eq!(allowed("192.0.2.1"), 10);
+    assert_eq!(allowed_calls("a"), 10);
     // 1,000 addresses, one request each, within one second: each far under
     // its limit, together twice the level.
     for i in 0..1000u32 {
@@ -106,10 +125,12 @@ fn under_attack_every_limit_is_tightened_and_restored_afterwards() {
     }
     clock.advance(Duration::from_secs(1));
     assert_eq!(allowed("192.0.2.2"), 5, "the limit is halved under attack");
+    assert_eq!(allowed_calls("b"), 5, "descriptor rules too");
     assert!(engine.ddos().unwrap().under_attack());
     // Calm seconds end the mode; the full limit is back.
     clock.advance(Duration::from_secs(30));
     assert_eq!(allowed("192.0.2.3"), 10);
+    assert_eq!(allowed_calls("c"), 10);
     assert!(!engine.ddos().unwrap().under_attack());
 }
 
