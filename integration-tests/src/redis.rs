@@ -130,7 +130,9 @@ pub fn query<T: ::redis::FromRedisValue>(url: &str, cmd: &::redis::Cmd) -> ::red
 /// (32768 and up by default): an outgoing connection of a test running in
 /// parallel can never take one between this check and the server's bind, nor
 /// between a kill and a restart on the same port. Each call moves on, so two
-/// tests of one binary are not handed the same port.
+/// tests of one binary are not handed the same port; test processes running
+/// at once (cargo runs test binaries one after another) could be, which
+/// [`RedisServer::try_start_with`] notices.
 pub fn free_port(with_bus: bool) -> u16 {
     const FIRST: u64 = 20_000;
     const SPAN: u64 = 2_700;
@@ -160,14 +162,19 @@ impl RedisServer {
     }
 
     pub fn start_with(port: u16, extra: &[&str]) -> RedisServer {
+        RedisServer::try_start_with(port, extra).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// The server, or why it did not come up (its port taken, most likely).
+    pub fn try_start_with(port: u16, extra: &[&str]) -> Result<RedisServer, String> {
         let mut server = RedisServer {
             port,
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir: tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?,
             args: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
-        server.run();
-        server
+        server.try_run()?;
+        Ok(server)
     }
 
     pub fn url(&self) -> String {
@@ -175,6 +182,13 @@ impl RedisServer {
     }
 
     fn run(&mut self) {
+        self.try_run().unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    /// Starts the process and waits until it is the one answering on the
+    /// port: a server that exits at once (its port or bus port taken) is an
+    /// error, and so is another process's server answering in its place.
+    fn try_run(&mut self) -> Result<(), String> {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -183,12 +197,28 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server");
-        self.child = Some(child);
-        let up = wait_until(Duration::from_secs(10), || {
-            query::<String>(&self.url(), &::redis::cmd("PING")).is_ok()
-        });
-        assert!(up, "redis-server on port {} did not answer PING", self.port);
+            .map_err(|e| format!("redis-server: {e}"))?;
+        let pid = format!("process_id:{}\r\n", child.id());
+        let port = self.port;
+        let child = self.child.insert(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("redis-server on port {port} exited: {status}"));
+            }
+            let info = query::<String>(
+                &format!("redis://127.0.0.1:{port}"),
+                ::redis::cmd("INFO").arg("server"),
+            );
+            match info {
+                Ok(info) if info.contains(&pid) => return Ok(()),
+                Ok(_) => return Err(format!("port {port} is another Redis server's")),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        Err(format!(
+            "redis-server on port {port} did not answer within 10 s"
+        ))
     }
 
     pub fn dir(&self) -> PathBuf {
@@ -247,9 +277,9 @@ impl RedisCluster {
     }
 
     fn try_start() -> Result<RedisCluster, String> {
-        let nodes: Vec<RedisServer> = (0..3)
+        let nodes = (0..3)
             .map(|_| {
-                RedisServer::start_with(
+                RedisServer::try_start_with(
                     free_port(true),
                     &[
                         "--cluster-enabled",
@@ -261,7 +291,7 @@ impl RedisCluster {
                     ],
                 )
             })
-            .collect();
+            .collect::<Result<Vec<RedisServer>, String>>()?;
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))

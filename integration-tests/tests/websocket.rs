@@ -213,6 +213,12 @@ async fn a_shutdown_closes_open_connections_with_1001_and_waits_for_them() {
     assert_eq!(code, 1001);
     assert!(reason.contains("shutting down"), "{reason}");
     assert_eq!(close_code(Some(seen(&mut upstream).await)).0, 1001);
+    // The relay lingers until the client hangs up (2 s at most), and the
+    // shutdown waits for it.
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown did not wait for the relay"
+    );
     drop(ws);
     assert!(shutdown.await.unwrap(), "the relay was waited for");
     assert!(started.elapsed() < Duration::from_secs(10));

@@ -393,10 +393,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             doomed.push(name.clone());
         }
     }
+    // `te` is written again only when it was removed (another value beside
+    // `trailers`, or named by Connection).
+    let te_removed = doomed.contains(&http::header::TE);
     for name in doomed {
         headers.remove(name);
     }
-    if keeps_trailers {
+    if keeps_trailers && te_removed {
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     }
 }

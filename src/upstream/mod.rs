@@ -588,6 +588,15 @@ mod tests {
         assert_eq!(header(&response, "x-seen-authority"), "api.example.com");
         assert_eq!(header(&response, "x-seen-host-headers"), "0");
 
+        // A Host with userinfo is no :authority: the upstream's own is used.
+        let mut request = get("/u");
+        request.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("user@api.example.com"),
+        );
+        let response = upstreams.send("grpc", request).await.unwrap();
+        assert_eq!(header(&response, "x-seen-authority"), addr.to_string());
+
         // An HTTP/2 client's :authority passes as it is.
         let response = upstreams
             .send("grpc", get("https://h2.example/y"))

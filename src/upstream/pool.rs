@@ -15,7 +15,8 @@
 //! every request it admits.
 
 use std::pin::Pin;
-use std::sync::{Arc, Once, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -69,8 +70,8 @@ pub struct Pool {
     /// One HTTP/2 dial at a time: a burst of first requests opens one
     /// connection, not one each.
     dialling: tokio::sync::Mutex<()>,
-    /// Started with the first check-in (always on the runtime).
-    sweeper: Once,
+    /// Set once the sweep task runs (started by the first check-in).
+    sweeping: AtomicBool,
     me: Weak<Pool>,
 }
 
@@ -88,7 +89,7 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
             dialling: tokio::sync::Mutex::new(()),
-            sweeper: Once::new(),
+            sweeping: AtomicBool::new(false),
             me: me.clone(),
         })
     }
@@ -110,6 +111,8 @@ impl Pool {
                 .headers_mut()
                 .remove(http::header::HOST)
                 .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+                // :authority must not carry userinfo (RFC 9113, 8.3.1).
+                .filter(|authority| !authority.as_str().contains('@'))
                 .or_else(|| request.uri().authority().cloned())
                 .unwrap_or_else(|| self.config.authority.clone());
             *request.uri_mut() = self.absolute_uri(request.uri(), authority);
@@ -204,9 +207,12 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        self.sweeper.call_once(|| {
-            tokio::spawn(sweep(self.me.clone(), self.config.idle_timeout));
-        });
+        if !self.sweeping.load(Ordering::Relaxed)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && !self.sweeping.swap(true, Ordering::AcqRel)
+        {
+            runtime.spawn(sweep(self.me.clone(), self.config.idle_timeout));
+        }
         let now = Instant::now();
         let mut idle = self.idle.lock();
         self.expire(&mut idle, now);
@@ -318,16 +324,23 @@ impl Pool {
 }
 
 /// Closes a pool's expired idle connections when no check-in does it
-/// (traffic stopped), until the pool is dropped (a reload replaced it).
+/// (traffic stopped), each when its idle time is up, until the pool is
+/// dropped (a reload replaced it).
 async fn sweep(pool: Weak<Pool>, idle_timeout: Duration) {
-    let every = (idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let mut next = Instant::now() + idle_timeout;
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep_until(next).await;
         let Some(pool) = pool.upgrade() else {
             return;
         };
+        let now = Instant::now();
         let mut idle = pool.idle.lock();
-        pool.expire(&mut idle, Instant::now());
+        pool.expire(&mut idle, now);
+        // The oldest left is the next to expire; with none, one checked in
+        // from now on expires a whole timeout later at the earliest.
+        next = idle
+            .first()
+            .map_or(now + idle_timeout, |c| c.since + idle_timeout);
     }
 }
 
