@@ -17,8 +17,9 @@
 # every check with a limit never reached, so every call is a real decision
 # that allows. Every server gets WORKERS worker threads (ratethrottle
 # `serve --workers`; the ceilings build the same runtime: current-thread for
-# 1, multi-thread otherwise); nothing is pinned. Load generator and servers
-# share the machine. ROUNDS rounds of DURATION per target, the order of the
+# 1, multi-thread otherwise). Load generator and servers share the machine,
+# unpinned; with PIN=1 every server runs on CPU 0 and every load generator on
+# CPU 1 (taskset), which takes the scheduler's placement out of the ratio. ROUNDS rounds of DURATION per target, the order of the
 # pair swapped every round; prints calls/s, p50, p99 (gRPC: from h2load's
 # per-request log) and the server's CPU time per call (/proc/PID/stat; the
 # gRPC figure counts the warm-up at the run's rate) for every run, then the
@@ -28,6 +29,7 @@
 #   ROUNDS=5 DURATION=20s bench/envoy.sh
 #   MODES=grpc WORKERS=2 bench/envoy.sh
 #   RATETHROTTLE=/tmp/ratethrottle-before bench/envoy.sh   # another build, same load
+#   PIN=1 bench/envoy.sh                  # servers on CPU 0, load on CPU 1
 #
 # Needs: h2load, wrk, curl (apt-get install nghttp2-client wrk curl).
 set -euo pipefail
@@ -51,6 +53,13 @@ HTTP_OK_PORT=18194
 ADMIN_PORT=18199
 CHECK_PATH=/envoy.service.auth.v3.Authorization/Check
 
+server_pin=()
+load_pin=()
+if [[ ${PIN:-0} == 1 ]]; then
+    command -v taskset >/dev/null || { echo "PIN=1 needs taskset (apt-get install util-linux)" >&2; exit 1; }
+    server_pin=(taskset -c 0)
+    load_pin=(taskset -c 1)
+fi
 for tool in h2load wrk curl; do
     command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nghttp2-client wrk curl" >&2; exit 1; }
 done
@@ -93,13 +102,13 @@ rules:
 ddos_protection: { enabled: false }
 violations: { log: false }
 CONF
-RUST_LOG=warn "$RATETHROTTLE" serve --workers "$WORKERS" --config "$work/ratethrottle.yaml" &
+RUST_LOG=warn "${server_pin[@]}" "$RATETHROTTLE" serve --workers "$WORKERS" --config "$work/ratethrottle.yaml" &
 pids+=($!)
 rt_pid=$!
-./target/release/grpc-ok --listen "127.0.0.1:$GRPC_OK_PORT" --workers "$WORKERS" &
+"${server_pin[@]}" ./target/release/grpc-ok --listen "127.0.0.1:$GRPC_OK_PORT" --workers "$WORKERS" &
 pids+=($!)
 grpc_ok_pid=$!
-./target/release/http-ok --listen "127.0.0.1:$HTTP_OK_PORT" --workers "$WORKERS" &
+"${server_pin[@]}" ./target/release/http-ok --listen "127.0.0.1:$HTTP_OK_PORT" --workers "$WORKERS" &
 pids+=($!)
 http_ok_pid=$!
 
@@ -191,7 +200,7 @@ run_grpc() {
     local h2pids=()
     rm -f "$work"/h2load-*
     for i in $(seq 1 "$CLIENTS"); do
-        h2load -t1 -c"$per_c" -m"$per_m" -D "$DURATION" --warm-up-time="$WARMUP" \
+        "${load_pin[@]}" h2load -t1 -c"$per_c" -m"$per_m" -D "$DURATION" --warm-up-time="$WARMUP" \
             -H 'content-type: application/grpc' -H 'te: trailers' -d "$work/check-$i.bin" \
             --log-file="$work/h2load-$i.log" "http://127.0.0.1:$port$CHECK_PATH" > "$work/h2load-$i.out" 2>&1 &
         h2pids+=($!)
@@ -217,7 +226,7 @@ run_grpc() {
 run_http() {
     local port=$1 pid=$2 out t0
     t0=$(cpu_ticks "$pid")
-    out=$(wrk -t1 -c"$STREAMS" -d"$DURATION" --latency -s "$work/authz.lua" "http://127.0.0.1:$port/")
+    out=$("${load_pin[@]}" wrk -t1 -c"$STREAMS" -d"$DURATION" --latency -s "$work/authz.lua" "http://127.0.0.1:$port/")
     ticks=$(($(cpu_ticks "$pid") - t0))
     r=$(awk '/^Requests\/sec/ { printf "%.0f", $2 }' <<<"$out")
     calls=$(awk '/ requests in / { print $1 }' <<<"$out")
@@ -233,7 +242,7 @@ declare -A pid_of=([grpc/ratethrottle]=$rt_pid [grpc/ceiling]=$grpc_ok_pid
     [http/ratethrottle]=$rt_pid [http/ceiling]=$http_ok_pid)
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "servers: $WORKERS worker thread(s) each; rule per_client (token bucket, per client IP, 1e9/s)"
+echo "servers: $WORKERS worker thread(s) each; rule per_client (token bucket, per client IP, 1e9/s); $([[ ${PIN:-0} == 1 ]] && echo "servers pinned to CPU 0, load to CPU 1" || echo "nothing pinned")"
 echo "grpc: h2load x$CLIENTS processes (one client address each), $CONNECTIONS h2c connections, $STREAMS streams in all"
 echo "http: wrk 1 thread, $STREAMS connections, $CLIENTS client addresses"
 echo "$DURATION per run after $WARMUP warm-up (grpc), $ROUNDS rounds"
