@@ -17,6 +17,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# PIN=1: what is measured runs on CPU 0 (`"${server_pin[@]}" cmd`), load
+# generators and upstreams on CPU 1 (`"${load_pin[@]}" cmd`), so where the
+# scheduler puts them drops out of the comparison. Unpinned by default.
+# shellcheck disable=SC2034  # server_pin is for the sourcing script
+server_pin=()
+load_pin=()
+if [[ ${PIN:-0} == 1 ]]; then
+    command -v taskset >/dev/null || { echo "PIN=1 needs taskset (apt-get install util-linux)" >&2; exit 1; }
+    # shellcheck disable=SC2034
+    server_pin=(taskset -c 0)
+    load_pin=(taskset -c 1)
+fi
+
 # Exits with the apt-get line when a tool is missing.
 need() {
     local tool
@@ -46,7 +59,7 @@ http {
     }
 }
 CONF
-    nginx -c "$work/up/nginx.conf" -p "$work/up" &
+    "${load_pin[@]}" nginx -c "$work/up/nginx.conf" -p "$work/up" &
     pids+=("$!")
 }
 

@@ -11,6 +11,7 @@
 #
 #   bench/proxy.sh                 # 3 rounds of 10 s
 #   ROUNDS=5 DURATION=20s bench/proxy.sh
+#   PIN=1 bench/proxy.sh           # proxies on CPU 0; wrk and the upstream on CPU 1
 #
 # Needs: nginx, haproxy, wrk (apt-get install nginx haproxy wrk).
 set -euo pipefail
@@ -48,7 +49,7 @@ rules:
 ddos_protection: { enabled: false }
 violations: { log: false }
 CONF
-RUST_LOG=warn ./target/release/ratethrottle serve --workers 1 --config "$work/ratethrottle.yaml" &
+RUST_LOG=warn "${server_pin[@]}" ./target/release/ratethrottle serve --workers 1 --config "$work/ratethrottle.yaml" &
 pids+=($!)
 declare -A pid_of
 pid_of[ratethrottle]=$!
@@ -76,7 +77,7 @@ http {
     }
 }
 CONF
-nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" &
+"${server_pin[@]}" nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" &
 pids+=($!)
 pid_of[nginx]=$!
 
@@ -101,12 +102,12 @@ backend be
     http-reuse always
     server up 127.0.0.1:$UPSTREAM_PORT
 CONF
-haproxy -f "$work/haproxy.cfg" -db &
+"${server_pin[@]}" haproxy -f "$work/haproxy.cfg" -db &
 pids+=($!)
 pid_of[haproxy]=$!
 
 # The stack alone: hyper server and pooled client, one worker, no decision.
-./target/release/hyper-proxy --listen "127.0.0.1:$HYPER_PORT" --workers 1 --upstream "127.0.0.1:$UPSTREAM_PORT" &
+"${server_pin[@]}" ./target/release/hyper-proxy --listen "127.0.0.1:$HYPER_PORT" --workers 1 --upstream "127.0.0.1:$UPSTREAM_PORT" &
 pids+=($!)
 pid_of[hyper-proxy]=$!
 
@@ -143,14 +144,14 @@ targets=(direct ratethrottle nginx haproxy hyper-proxy)
 declare -A port_of=([direct]=$UPSTREAM_PORT [ratethrottle]=$RT_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [hyper-proxy]=$HYPER_PORT)
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "wrk: 1 thread, $CONNECTIONS connections, $DURATION per run, $ROUNDS rounds"
+echo "wrk: 1 thread, $CONNECTIONS connections, $DURATION per run, $ROUNDS rounds; $([[ ${PIN:-0} == 1 ]] && echo "proxies pinned to CPU 0, wrk and the upstream to CPU 1 (so direct shares one core)" || echo "nothing pinned")"
 printf '%-6s %-13s %12s %10s %10s %12s\n' round target req/s p50_ms p99_ms cpu_us/req
 for round in $(seq 1 "$ROUNDS"); do
     for target in "${targets[@]}"; do
         pid=${pid_of[$target]:-}
         before=0
         if [ -n "$pid" ]; then before=$(cpu_ticks "$pid"); fi
-        out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:${port_of[$target]}/")
+        out=$("${load_pin[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:${port_of[$target]}/")
         count=$(awk '/requests in/ {print $1}' <<<"$out")
         c=-
         if [ -n "$pid" ]; then
