@@ -34,6 +34,7 @@
 # Needs: h2load, wrk, curl (apt-get install nghttp2-client wrk curl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
@@ -53,16 +54,8 @@ HTTP_OK_PORT=18194
 ADMIN_PORT=18199
 CHECK_PATH=/envoy.service.auth.v3.Authorization/Check
 
-server_pin=()
-load_pin=()
-if [[ ${PIN:-0} == 1 ]]; then
-    command -v taskset >/dev/null || { echo "PIN=1 needs taskset (apt-get install util-linux)" >&2; exit 1; }
-    server_pin=(taskset -c 0)
-    load_pin=(taskset -c 1)
-fi
-for tool in h2load wrk curl; do
-    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nghttp2-client wrk curl" >&2; exit 1; }
-done
+need wrk curl
+command -v h2load >/dev/null || { echo "missing h2load: apt-get install nghttp2-client" >&2; exit 1; }
 if (( CLIENTS < 1 || CONNECTIONS % CLIENTS != 0 || STREAMS % CONNECTIONS != 0 )); then
     echo "CONNECTIONS ($CONNECTIONS) must be a multiple of CLIENTS ($CLIENTS), STREAMS ($STREAMS) of CONNECTIONS" >&2
     exit 1
@@ -72,14 +65,6 @@ if (( CLIENTS > 250 )); then echo "CLIENTS: at most 250" >&2; exit 1; fi
 
 cargo build --release --quiet
 CARGO_TARGET_DIR=$PWD/target cargo build --release --quiet --manifest-path bench/ceiling/Cargo.toml
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
 
 # Client addresses: 10.1.0.N for gRPC, 10.2.0.N for HTTP, so that the two
 # modes never share a counter.
@@ -112,14 +97,6 @@ grpc_ok_pid=$!
 pids+=($!)
 http_ok_pid=$!
 
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "port $1 never opened" >&2
-    exit 1
-}
 for port in $RT_GRPC_PORT $RT_HTTP_PORT $GRPC_OK_PORT $HTTP_OK_PORT $ADMIN_PORT; do wait_port "$port"; done
 
 # The HTTP check as Envoy's ext_authz filter sends it (path behind path_prefix).
