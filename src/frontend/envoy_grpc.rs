@@ -46,9 +46,6 @@ use crate::descriptors::{DescriptorStatus, most_restrictive};
 use crate::engine::{Engine, RequestFacts};
 use crate::frontend::respond::{self, HeaderOptions};
 
-/// The header Envoy sets to the client address it trusts.
-const EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
-
 /// Both Envoy services over one engine.
 #[derive(Clone)]
 pub struct EnvoyGrpc {
@@ -237,10 +234,7 @@ impl CheckedRequest<'_> {
             Some((path, query)) => (path, Some(query)),
             None => (http.path.as_str(), None),
         };
-        let external = headers
-            .get(EXTERNAL_ADDRESS)
-            .and_then(|v| crate::text::parse_ip(v.as_bytes().trim_ascii()))
-            .map(|ip| ip.to_canonical());
+        let external = super::envoy_http::external_address(&headers);
         let (peer, client_ip) = match (source, external) {
             (Ok(peer), Some(client)) => (peer, client),
             (Err(_), Some(client)) => (client, client),

@@ -13,7 +13,6 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::quota_text::QuotaText;
 use super::respond::{self, HeaderOptions};
 use crate::body::{self, Body};
 use crate::decision::Decision;
@@ -93,7 +92,7 @@ impl Handler for EnvoyHttp {
             Decision::Allow { quota, .. } => {
                 let mut response = plain(StatusCode::OK);
                 if let Some(quota) = quota {
-                    QuotaText::new(quota, options, now).insert_into(response.headers_mut());
+                    respond::add_quota_headers(response.headers_mut(), quota, options, now);
                 }
                 if let Some(charge) = &graphql {
                     charge.add_headers(response.headers_mut(), &extra_verdicts);
@@ -153,7 +152,8 @@ fn strip_prefix<'a>(path: &'a str, prefix: &str) -> &'a str {
 
 /// `x-envoy-external-address`: the client address Envoy determined, when
 /// present and valid. It is set by Envoy itself, which is why it is believed.
-fn external_address(headers: &HeaderMap) -> Option<IpAddr> {
+/// Read the same way in both ext_authz modes.
+pub(super) fn external_address(headers: &HeaderMap) -> Option<IpAddr> {
     let value = headers.get(X_ENVOY_EXTERNAL_ADDRESS)?;
     crate::text::parse_ip(value.as_bytes().trim_ascii()).map(|ip| ip.to_canonical())
 }
