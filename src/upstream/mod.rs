@@ -493,6 +493,19 @@ mod tests {
         }
     }
 
+    /// `api`, an HTTP/1.1 upstream at `addr`.
+    fn http1_upstreams(addr: SocketAddr) -> Upstreams {
+        Upstreams::new(&[config("api", format!("http://{addr}"))]).unwrap()
+    }
+
+    /// GETs `path` from `api`: the upstream saw that path, and the empty
+    /// body is read to its end (so an HTTP/1.1 connection goes back to the pool).
+    async fn round_trip(upstreams: &Upstreams, path: &str) {
+        let response = upstreams.send("api", get(path)).await.unwrap();
+        assert_eq!(header(&response, "x-seen-path"), path);
+        assert_eq!(text(response).await, "");
+    }
+
     /// `name`, an HTTP/2 (prior knowledge) upstream at `addr`.
     fn http2_upstreams(name: &str, addr: SocketAddr) -> Upstreams {
         let mut c = config(name, format!("http://{addr}"));
@@ -516,7 +529,7 @@ mod tests {
     #[tokio::test]
     async fn forwards_http11_with_path_query_and_a_streamed_body() {
         let (addr, _) = upstream(Serve::Http1).await;
-        let upstreams = Upstreams::new(&[config("api", format!("http://{addr}"))]).unwrap();
+        let upstreams = http1_upstreams(addr);
 
         let (tx, rx) = mpsc::channel(1);
         let request = Request::post("/v1/items?id=7&sort=asc")
@@ -541,7 +554,7 @@ mod tests {
     #[tokio::test]
     async fn an_absolute_request_uri_still_goes_to_the_upstream() {
         let (addr, _) = upstream(Serve::Http1).await;
-        let upstreams = Upstreams::new(&[config("api", format!("http://{addr}"))]).unwrap();
+        let upstreams = http1_upstreams(addr);
         let mut request = get("http://client.example/x?y=1");
         *request.version_mut() = Version::HTTP_2;
         let response = upstreams.send("api", request).await.unwrap();
@@ -662,7 +675,7 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             listener.local_addr().unwrap()
         };
-        let upstreams = Upstreams::new(&[config("api", format!("http://{addr}"))]).unwrap();
+        let upstreams = http1_upstreams(addr);
         let err = upstreams.send("api", get("/")).await.unwrap_err();
         assert!(matches!(err, UpstreamError::Connect { .. }), "{err:?}");
         assert_eq!(err.kind(), "connect");
@@ -705,7 +718,7 @@ mod tests {
                 let _ = tcp.write_all(b"this is not http\r\n\r\n").await;
             }
         });
-        let upstreams = Upstreams::new(&[config("api", format!("http://{addr}"))]).unwrap();
+        let upstreams = http1_upstreams(addr);
         let err = upstreams.send("api", get("/")).await.unwrap_err();
         assert!(matches!(err, UpstreamError::Protocol { .. }), "{err:?}");
         assert_eq!(err.kind(), "protocol");
@@ -782,7 +795,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_reused_once_its_response_is_read_and_never_before() {
         let (addr, accepted) = upstream(Serve::Http1).await;
-        let upstreams = Upstreams::new(&[config("api", format!("http://{addr}"))]).unwrap();
+        let upstreams = http1_upstreams(addr);
 
         let (tx, streaming) = open_exchange(&upstreams).await;
         // The first connection is busy: a second request gets its own.
@@ -794,9 +807,7 @@ mod tests {
         drop(tx);
         assert_eq!(text(streaming).await, "first");
         for path in ["/three", "/four", "/five"] {
-            let response = upstreams.send("api", get(path)).await.unwrap();
-            assert_eq!(header(&response, "x-seen-path"), path);
-            assert_eq!(text(response).await, "");
+            round_trip(&upstreams, path).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -806,9 +817,9 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_close_after_the_idle_timeout_without_traffic() {
         let (addr, accepted) = upstream(Serve::Http1).await;
-        let upstreams = Upstreams::new(&[config("api", format!("http://{addr}"))]).unwrap();
-        text(upstreams.send("api", get("/one")).await.unwrap()).await;
-        text(upstreams.send("api", get("/two")).await.unwrap()).await;
+        let upstreams = http1_upstreams(addr);
+        round_trip(&upstreams, "/one").await;
+        round_trip(&upstreams, "/two").await;
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused while fresh");
 
         tokio::time::pause();
@@ -818,14 +829,14 @@ mod tests {
             tokio::task::yield_now().await;
         }
         tokio::time::resume();
-        text(upstreams.send("api", get("/three")).await.unwrap()).await;
+        round_trip(&upstreams, "/three").await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn a_response_dropped_halfway_takes_its_connection_with_it() {
         let (addr, accepted) = upstream(Serve::Http1).await;
-        let upstreams = Upstreams::new(&[config("api", format!("http://{addr}"))]).unwrap();
+        let upstreams = http1_upstreams(addr);
 
         let (_tx, streaming) = open_exchange(&upstreams).await;
         drop(streaming);
@@ -839,11 +850,9 @@ mod tests {
     #[tokio::test]
     async fn connections_the_upstream_closes_are_not_reused() {
         let (addr, accepted) = upstream(Serve::Http1Close).await;
-        let upstreams = Upstreams::new(&[config("api", format!("http://{addr}"))]).unwrap();
+        let upstreams = http1_upstreams(addr);
         for path in ["/one", "/two", "/three"] {
-            let response = upstreams.send("api", get(path)).await.unwrap();
-            assert_eq!(header(&response, "x-seen-path"), path);
-            assert_eq!(text(response).await, "");
+            round_trip(&upstreams, path).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }

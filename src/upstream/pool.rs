@@ -15,7 +15,6 @@
 //! every request it admits.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -70,9 +69,6 @@ pub struct Pool {
     /// One HTTP/2 dial at a time: a burst of first requests opens one
     /// connection, not one each.
     dialling: tokio::sync::Mutex<()>,
-    /// Set once the sweep task runs (started by the first check-in).
-    sweeping: AtomicBool,
-    me: Weak<Pool>,
 }
 
 #[derive(Debug)]
@@ -82,16 +78,22 @@ struct IdleConnection {
 }
 
 impl Pool {
+    /// On a runtime, an HTTP/1.1 pool also starts its idle sweep (a pool
+    /// built outside one, by a config check, never sends a request).
     pub fn new(config: PoolConfig, connector: HttpsConnector<HttpConnector>) -> Arc<Pool> {
-        Arc::new_cyclic(|me| Pool {
+        let idle_timeout = config.idle_timeout;
+        let http2 = config.http2;
+        let pool = Arc::new(Pool {
             config,
             connector,
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
             dialling: tokio::sync::Mutex::new(()),
-            sweeping: AtomicBool::new(false),
-            me: me.clone(),
-        })
+        });
+        if !http2 && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(Arc::downgrade(&pool), idle_timeout));
+        }
+        pool
     }
 
     /// Sends `request` (whose path and query are all that is kept of its URI)
@@ -206,12 +208,6 @@ impl Pool {
     fn check_in(&self, sender: http1::SendRequest<Body>) {
         if sender.is_closed() {
             return;
-        }
-        if !self.sweeping.load(Ordering::Relaxed)
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-            && !self.sweeping.swap(true, Ordering::AcqRel)
-        {
-            runtime.spawn(sweep(self.me.clone(), self.config.idle_timeout));
         }
         let now = Instant::now();
         let mut idle = self.idle.lock();
