@@ -97,8 +97,9 @@ pub struct Gateway {
     listeners: Mutex<Listeners>,
     /// Serialises reloads, whoever asks.
     reloading: Mutex<()>,
-    connections: TaskTracker,
-    drain: CancellationToken,
+    /// Every connection (and WebSocket relay) shutdown waits for, and the
+    /// token that starts the drain.
+    lifecycle: Lifecycle,
     shutdown: CancellationToken,
     _watcher: Mutex<Option<reload::FileWatcher>>,
     /// Violation and alert webhooks, flushed at shutdown.
@@ -148,8 +149,10 @@ impl Gateway {
             inflight: crate::frontend::concurrency::InFlight::new(),
             listeners: Mutex::new(Listeners::default()),
             reloading: Mutex::new(()),
-            connections: TaskTracker::new(),
-            drain: CancellationToken::new(),
+            lifecycle: Lifecycle {
+                tracker: TaskTracker::new(),
+                drain: CancellationToken::new(),
+            },
             shutdown: CancellationToken::new(),
             _watcher: Mutex::new(None),
             alerts: std::sync::OnceLock::new(),
@@ -350,10 +353,7 @@ impl Gateway {
             upstreams: Arc::clone(&self.upstreams),
             metrics: Arc::clone(&self.metrics),
             inflight: Arc::clone(&self.inflight),
-            lifecycle: Lifecycle {
-                tracker: self.connections.clone(),
-                drain: self.drain.clone(),
-            },
+            lifecycle: self.lifecycle.clone(),
         };
         let screen = EngineScreen {
             engine: Arc::clone(&self.engine),
@@ -407,9 +407,8 @@ impl Gateway {
             tracker,
             screen,
             metrics: Arc::clone(&self.metrics),
-            connections: self.connections.clone(),
+            lifecycle: self.lifecycle.clone(),
             stop_accepting: stop.clone(),
-            drain: self.drain.clone(),
         });
         tokio::spawn(accept_loop.run(listener));
         stop
@@ -422,7 +421,7 @@ impl Gateway {
         let stop = self.shutdown.child_token();
         let stopped = stop.clone();
         let engine = Arc::clone(&self.engine);
-        self.connections.spawn(async move {
+        self.lifecycle.tracker.spawn(async move {
             let shutdown = async move { stopped.cancelled().await };
             if let Err(error) = envoy_grpc::serve(listener, engine, shutdown).await {
                 tracing::error!(%error, "the Envoy gRPC listener stopped");
@@ -459,14 +458,14 @@ impl Gateway {
     /// and returns whether every connection closed in time.
     pub async fn shutdown(&self) -> bool {
         self.shutdown.cancel();
-        self.drain.cancel();
-        self.connections.close();
-        let drained = tokio::time::timeout(DRAIN_FOR, self.connections.wait())
+        self.lifecycle.drain.cancel();
+        self.lifecycle.tracker.close();
+        let drained = tokio::time::timeout(DRAIN_FOR, self.lifecycle.tracker.wait())
             .await
             .is_ok();
         if !drained {
             tracing::warn!(
-                open = self.connections.len(),
+                open = self.lifecycle.tracker.len(),
                 "shutdown: connections still open after the drain period"
             );
         }

@@ -51,9 +51,9 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Body>> + Send;
 }
 
-/// What a connection taken over after an upgrade (a WebSocket relay) needs
-/// to end with the gateway: the tracker shutdown waits on, and the token
-/// cancelled when the drain begins.
+/// How the gateway's connections end with it: the tracker shutdown waits
+/// on (every served connection, every WebSocket relay after its upgrade),
+/// and the token cancelled when the drain begins.
 #[derive(Debug, Clone)]
 pub struct Lifecycle {
     pub tracker: TaskTracker,
@@ -103,12 +103,11 @@ pub struct Listener<H> {
     /// whose peer is not the client (Envoy's).
     pub screen: Option<Arc<dyn ConnScreen>>,
     pub metrics: Arc<ServerMetrics>,
-    /// Connections still being served; waited on to drain.
-    pub connections: TaskTracker,
-    /// Cancelled to stop accepting (this listener) and, through `drain`, to
-    /// ask open connections to finish.
+    /// Connections still being served are tracked here (waited on to
+    /// drain); its `drain` asks them to finish.
+    pub lifecycle: Lifecycle,
+    /// Cancelled to stop accepting (this listener).
     pub stop_accepting: CancellationToken,
-    pub drain: CancellationToken,
 }
 
 impl<H: Handler> Listener<H> {
@@ -147,7 +146,8 @@ impl<H: Handler> Listener<H> {
                             .connections_shed
                             .fetch_add(1, Ordering::Relaxed);
                         if self.tls.is_none() {
-                            self.connections
+                            self.lifecycle
+                                .tracker
                                 .spawn(screen::shed(stream, retry_after_secs));
                         }
                         continue;
@@ -175,7 +175,7 @@ impl<H: Handler> Listener<H> {
                 .connections_accepted
                 .fetch_add(1, Ordering::Relaxed);
             let this = Arc::clone(&self);
-            self.connections.spawn(async move {
+            self.lifecycle.tracker.spawn(async move {
                 this.metrics
                     .connections_open
                     .fetch_add(1, Ordering::Relaxed);
@@ -253,7 +253,7 @@ impl<H: Handler> Listener<H> {
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,
-            () = self.drain.cancelled() => {
+            () = self.lifecycle.drain.cancelled() => {
                 // Finish in-flight requests, then close; no new requests on this connection.
                 connection.as_mut().graceful_shutdown();
                 connection.as_mut().await
