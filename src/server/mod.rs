@@ -3,10 +3,12 @@
 //! and a graceful drain on shutdown.
 
 mod guard;
+mod head_deadline;
 mod screen;
 mod timed_io;
 
 pub use guard::{ConnPermit, ConnTracker, Rejected};
+pub use head_deadline::{HeadDeadline, HeadTimer};
 pub use screen::{Admission, ConnScreen};
 pub use timed_io::TimedIo;
 
@@ -191,10 +193,12 @@ impl<H: Handler> Listener<H> {
     async fn serve_connection(&self, stream: TcpStream, peer: SocketAddr, settings: ConnSettings) {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
+        let head = HeadDeadline::new();
         let io = TimedIo::new(
             stream,
             settings.header_read_timeout,
             settings.idle_timeout,
+            Arc::clone(&head),
             Arc::clone(&self.metrics),
         );
         match &self.tls {
@@ -204,7 +208,7 @@ impl<H: Handler> Listener<H> {
                     local,
                     tls: false,
                 };
-                self.serve_http(io, conn, settings).await;
+                self.serve_http(io, conn, settings, head).await;
             }
             Some(tls) => {
                 let handshake = tls.acceptor().accept(io);
@@ -225,19 +229,24 @@ impl<H: Handler> Listener<H> {
                     local,
                     tls: true,
                 };
-                self.serve_http(stream, conn, settings).await;
+                self.serve_http(stream, conn, settings, head).await;
             }
         }
     }
 
-    async fn serve_http<IO>(&self, io: IO, conn: ConnInfo, settings: ConnSettings)
-    where
+    async fn serve_http<IO>(
+        &self,
+        io: IO,
+        conn: ConnInfo,
+        settings: ConnSettings,
+        head: Arc<HeadDeadline>,
+    ) where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .timer(TokioTimer::new())
+            .timer(HeadTimer::new(head))
             .header_read_timeout(settings.header_read_timeout)
             .max_buf_size(settings.max_header_bytes.max(MIN_HTTP1_BUFFER));
         builder

@@ -1,43 +1,59 @@
 //! A connection that closes itself when the client is silent too long: before
 //! its first byte (`header_read_timeout`: a client that connects and sends
-//! nothing must not hold a slot) and between any two reads or writes after
-//! that (`idle_timeout`).
+//! nothing must not hold a slot), between any two reads or writes after
+//! that (`idle_timeout`), and when a request head is not complete by the
+//! deadline hyper set for it ([`HeadDeadline`], `header_read_timeout`).
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::HeadDeadline;
 use crate::metrics::ServerMetrics;
 
 pub struct TimedIo<T> {
     inner: T,
     idle_timeout: Duration,
-    /// Fires at the deadline; re-armed lazily from `last_activity` rather than
-    /// on every read, which keeps the timer wheel out of the hot path.
+    /// The longest a request head may take; a head started later than the
+    /// timer's next firing ends later than it, so re-arming at most this far
+    /// ahead never misses one.
+    head_timeout: Duration,
+    head: Arc<HeadDeadline>,
+    /// Fires at the earliest deadline known when it was armed; re-armed
+    /// lazily from `last_activity` and `head` rather than on every read,
+    /// which keeps the timer wheel out of the hot path.
     timer: Pin<Box<Sleep>>,
+    /// The waker `timer` was last polled with: while the task is the same
+    /// and its deadline is ahead, polling it again would change nothing.
+    timer_waker: Option<Waker>,
     last_activity: Instant,
     started: bool,
     metrics: Arc<ServerMetrics>,
 }
 
 impl<T> TimedIo<T> {
+    /// `head_timeout` is also the first-byte deadline.
     pub fn new(
         inner: T,
-        first_byte_timeout: Duration,
+        head_timeout: Duration,
         idle_timeout: Duration,
+        head: Arc<HeadDeadline>,
         metrics: Arc<ServerMetrics>,
     ) -> Self {
         let now = Instant::now();
         TimedIo {
             inner,
             idle_timeout,
-            timer: Box::pin(tokio::time::sleep_until(now + first_byte_timeout)),
+            head_timeout,
+            head,
+            timer: Box::pin(tokio::time::sleep_until(now + head_timeout)),
+            timer_waker: None,
             last_activity: now,
             started: false,
             metrics,
@@ -49,25 +65,40 @@ impl<T> TimedIo<T> {
         self.started = true;
     }
 
-    /// Ready(error) once the deadline has passed with no activity.
+    /// Ready(error) once a deadline has passed: the first byte's, the idle
+    /// one, or the head's.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
-            if self.timer.as_mut().poll(cx).is_pending() {
+            if self
+                .timer_waker
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()))
+                && Instant::now() < self.timer.deadline()
+            {
                 return Poll::Pending;
             }
-            if self.started {
-                let deadline = self.last_activity + self.idle_timeout;
-                if deadline > Instant::now() {
-                    self.timer.as_mut().reset(deadline);
-                    continue;
-                }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                self.timer_waker = Some(cx.waker().clone());
+                return Poll::Pending;
             }
-            self.metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
-            let what = if self.started {
-                "idle timeout"
-            } else {
+            self.timer_waker = None;
+            let now = Instant::now();
+            let what = if !self.started {
                 "no request in time"
+            } else if self.last_activity + self.idle_timeout <= now {
+                "idle timeout"
+            } else if self.head.get().is_some_and(|deadline| deadline <= now) {
+                "request head not complete in time"
+            } else {
+                let mut next =
+                    (self.last_activity + self.idle_timeout).min(now + self.head_timeout);
+                if let Some(head) = self.head.get() {
+                    next = next.min(head);
+                }
+                self.timer.as_mut().reset(next);
+                continue;
             };
+            self.metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
             return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what));
         }
     }
@@ -157,6 +188,7 @@ mod tests {
             server,
             Duration::from_secs(10),
             Duration::from_secs(60),
+            HeadDeadline::new(),
             Arc::clone(&metrics),
         );
         let mut buf = [0u8; 8];
@@ -175,6 +207,7 @@ mod tests {
             server,
             Duration::from_secs(10),
             Duration::from_secs(60),
+            HeadDeadline::new(),
             metrics,
         );
         let mut buf = [0u8; 8];
@@ -188,5 +221,57 @@ mod tests {
         let error = io.read(&mut buf).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_not_complete_by_its_deadline_ends_the_connection() {
+        use hyper::rt::Timer as _;
+
+        let (mut client, server) = duplex(64);
+        let metrics = Arc::new(ServerMetrics::default());
+        let head = HeadDeadline::new();
+        let timer = super::super::HeadTimer::new(Arc::clone(&head));
+        let mut io = TimedIo::new(
+            server,
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            Arc::clone(&head),
+            Arc::clone(&metrics),
+        );
+        let mut buf = [0u8; 8];
+        // A first request whose head arrives in time, then 25 s between
+        // requests with no head being read: neither deadline applies.
+        let sleep = timer.sleep(Duration::from_secs(10));
+        client.write_all(b"GET").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 3);
+        drop(sleep);
+        tokio::time::advance(Duration::from_secs(25)).await;
+        client.write_all(b"x").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 1);
+
+        // A head started now, one byte every 5 s: never idle, yet cut at 10 s.
+        let _sleep = timer.sleep(Duration::from_secs(10));
+        let started = Instant::now();
+        let slow = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                client.write_all(b"y").await.unwrap();
+            }
+        };
+        let reads = async {
+            loop {
+                if let Err(error) = io.read(&mut buf).await {
+                    return error;
+                }
+            }
+        };
+        let error = tokio::select! {
+            error = reads => error,
+            () = slow => unreachable!(),
+        };
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(error.to_string(), "request head not complete in time");
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert_eq!(metrics.header_timeouts.load(Ordering::Relaxed), 1);
     }
 }
