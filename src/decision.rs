@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::frontend::quota_template::QuotaTemplate;
 use crate::metrics::DecisionKind;
 use crate::route::Route;
 
@@ -18,6 +19,9 @@ pub struct Quota {
     /// Time until the quota is whole again.
     pub reset_after: Duration,
     pub window: Duration,
+    /// The rule's prepared headers, when the quota is the rule's own.
+    #[serde(skip)]
+    pub template: Option<Arc<QuotaTemplate>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

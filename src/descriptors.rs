@@ -572,6 +572,7 @@ rules:
                 remaining,
                 reset_after: Duration::from_secs(1),
                 window: Duration::from_secs(60),
+                template: None,
             }),
             retry_after: over_limit.then(|| Duration::from_secs(retry)),
         };

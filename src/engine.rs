@@ -459,6 +459,7 @@ impl Engine {
                     remaining: verdict.remaining,
                     reset_after: Duration::from_nanos(verdict.reset_after),
                     window: check.window,
+                    template: None,
                 },
                 retry_after: Duration::from_nanos(verdict.retry_after.unwrap_or(1)),
             };
@@ -712,6 +713,7 @@ pub(crate) fn quota(rule: &Rule, verdict: &Verdict) -> Quota {
         remaining: verdict.remaining,
         reset_after: Duration::from_nanos(verdict.reset_after),
         window: rule.window,
+        template: Some(Arc::clone(&rule.quota_template)),
     }
 }
 

@@ -10,6 +10,7 @@ use http::Method;
 use siphasher::sip::SipHasher13;
 
 use crate::config::{Config, DescriptorConfig, OnError, RuleConfig};
+use crate::frontend::quota_template::QuotaTemplate;
 use crate::identity::KeySpec;
 use crate::limit::Limit;
 use crate::metrics::{DecisionCounters, RequestCounters};
@@ -32,14 +33,18 @@ pub struct Rule {
     pub methods: Vec<Method>,
     pub descriptors: Vec<DescriptorConfig>,
     pub counters: Arc<RuleCounters>,
+    /// The rate-limit headers of this rule's own quota, prepared once.
+    pub quota_template: Arc<QuotaTemplate>,
 }
 
 impl Rule {
     pub fn compile(config: &RuleConfig, stats: &Stats) -> Rule {
         let window_nanos = config.window.as_nanos().clamp(1, u64::MAX as u128) as u64;
+        let limit = Limit::new(config.strategy, config.limit, window_nanos, config.burst);
         Rule {
             name: config.name.as_str().into(),
-            limit: Limit::new(config.strategy, config.limit, window_nanos, config.burst),
+            quota_template: Arc::new(QuotaTemplate::new(&config.name, limit.limit, config.window)),
+            limit,
             window: config.window,
             key: config.key.clone(),
             seed: counter_seed(&config.name, config.strategy.as_str(), &config.key),

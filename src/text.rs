@@ -51,25 +51,32 @@ pub fn parse_ip(text: &[u8]) -> Option<IpAddr> {
 /// the standard parser, which refuses them as ambiguous octal).
 fn parse_ipv4(text: &[u8]) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
-    let mut parts = text.split(|&b| b == b'.');
-    for octet in &mut octets {
-        let part = parts.next()?;
-        if part.is_empty() || part.len() > 3 || (part.len() > 1 && part[0] == b'0') {
-            return None;
-        }
-        let mut value: u16 = 0;
-        for &digit in part {
-            if !digit.is_ascii_digit() {
-                return None;
+    let mut filled = 0;
+    let mut value: u16 = 0;
+    let mut digits = 0;
+    for &byte in text {
+        match byte {
+            b'0'..=b'9' => {
+                if digits == 3 || (digits == 1 && value == 0) {
+                    return None;
+                }
+                digits += 1;
+                value = value * 10 + u16::from(byte - b'0');
             }
-            value = value * 10 + u16::from(digit - b'0');
+            b'.' if digits > 0 && filled < 3 => {
+                octets[filled] = u8::try_from(value).ok()?;
+                filled += 1;
+                value = 0;
+                digits = 0;
+            }
+            _ => return None,
         }
-        *octet = u8::try_from(value).ok()?;
     }
-    match parts.next() {
-        None => Some(Ipv4Addr::from(octets)),
-        Some(_) => None,
+    if filled != 3 || digits == 0 {
+        return None;
     }
+    octets[3] = u8::try_from(value).ok()?;
+    Some(Ipv4Addr::from(octets))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod passthrough;
 pub mod protocol_limits;
 pub mod proxy;
+pub(crate) mod quota_template;
 mod quota_text;
 pub mod respond;
 mod unvectored;

@@ -159,6 +159,7 @@ pub async fn per_minute(
             remaining: verdict.remaining,
             reset_after: Duration::from_nanos(verdict.reset_after),
             window: MINUTE,
+            template: None,
         },
         retry_after: Duration::from_nanos(verdict.retry_after.unwrap_or(NANOS_PER_SEC)),
     })
@@ -180,6 +181,7 @@ pub fn concurrency_exceeded(
             remaining: 0,
             reset_after: CONCURRENCY_RETRY,
             window: CONCURRENCY_RETRY,
+            template: None,
         },
         retry_after: CONCURRENCY_RETRY,
     }

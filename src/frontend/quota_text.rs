@@ -40,7 +40,7 @@ impl QuotaText {
         if !options.enabled {
             return out;
         }
-        let reset_secs = (quota.reset_after.as_nanos() as u64).div_ceil(NANOS_PER_SEC);
+        let reset_secs = reset_secs(quota);
         if matches!(options.style, HeaderStyle::Legacy | HeaderStyle::Both) {
             out.number(X_RATELIMIT_LIMIT, quota.limit);
             out.number(X_RATELIMIT_REMAINING, quota.remaining);
@@ -102,10 +102,15 @@ impl QuotaText {
     }
 }
 
+/// Seconds until `quota` is whole again, rounded up.
+pub(super) fn reset_secs(quota: &Quota) -> u64 {
+    (quota.reset_after.as_nanos() as u64).div_ceil(NANOS_PER_SEC)
+}
+
 /// Appends `text` as a structured-field string, as `respond` does: quotes
 /// and backslashes escaped, anything outside printable ASCII replaced, so a
 /// rule name can never break a header.
-fn push_sf_string(out: &mut String, text: &str) {
+pub(super) fn push_sf_string(out: &mut String, text: &str) {
     out.push('"');
     // The usual rule name needs no escape: copied at once.
     if text
@@ -130,7 +135,7 @@ fn push_sf_string(out: &mut String, text: &str) {
 }
 
 /// Appends `n` in decimal, without the formatting machinery.
-fn push_u64(out: &mut String, n: u64) {
+pub(super) fn push_u64(out: &mut String, n: u64) {
     out.push_str(itoa::Buffer::new().format(n));
 }
 
@@ -151,6 +156,7 @@ mod tests {
             remaining: 998,
             reset_after: Duration::from_millis(3_539_400),
             window: Duration::from_secs(3600),
+            template: None,
         };
         vec![
             base.clone(),
@@ -160,6 +166,7 @@ mod tests {
                 remaining: 0,
                 reset_after: Duration::ZERO,
                 window: Duration::from_millis(500),
+                template: None,
             },
             Quota {
                 rule: Arc::from(""),

@@ -56,7 +56,12 @@ pub fn add_quota_headers(
     options: HeaderOptions,
     now: Nanos,
 ) {
-    QuotaText::new(quota, options, now).insert_into(headers);
+    match &quota.template {
+        Some(template) if options.enabled && template.fits(quota) => {
+            template.write(headers, quota, options.style, now);
+        }
+        _ => QuotaText::new(quota, options, now).insert_into(headers),
+    }
 }
 
 /// The gateway's own answer for a decision; `None` when the request goes on.
@@ -142,6 +147,7 @@ mod tests {
             remaining: 998,
             reset_after: Duration::from_millis(3_539_400),
             window: Duration::from_secs(3600),
+            template: None,
         }
     }
 

@@ -226,6 +226,7 @@ mod tests {
                 remaining: 0,
                 reset_after: Duration::from_secs(30),
                 window: Duration::from_secs(60),
+                template: None,
             },
             retry_after: Duration::from_millis(29_100),
         };
