@@ -32,17 +32,6 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
 /// `HeaderName`s rather than strings: removing by name then skips parsing it.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    http::header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::PROXY_AUTHENTICATE,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::TRANSFER_ENCODING,
-];
-
 pub struct Proxy {
     pub engine: Arc<Engine>,
     pub upstreams: Arc<ArcSwap<Upstreams>>,
@@ -369,13 +358,38 @@ where
 /// `te: trailers` survives: gRPC needs it end to end.
 /// One pass over the headers finds what to remove, so a message without
 /// hop-by-hop headers (most of them) costs no removals at all.
+/// Hop-by-hop headers (RFC 9110 7.6.1, with the older Keep-Alive and
+/// Proxy-Connection). Upgrade too: WebSocket passthrough handles it apart.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut doomed: SmallVec<[HeaderName; 4]> = SmallVec::new();
     let mut keeps_trailers = false;
     for (name, value) in headers.iter() {
         if name == http::header::CONNECTION {
             let listed = value.to_str().ok().into_iter().flat_map(|v| v.split(','));
-            doomed.extend(listed.filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()));
+            // Names removed anyway (`keep-alive`, the usual one) need no
+            // copy; `te` does, as `te: trailers` alone is otherwise kept.
+            let removed_anyway = |n: &str| {
+                !n.eq_ignore_ascii_case("te")
+                    && HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(n))
+            };
+            doomed.extend(
+                listed
+                    .map(str::trim)
+                    .filter(|n| !removed_anyway(n))
+                    .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()),
+            );
         } else if name == http::header::TE {
             // Exactly `te: trailers`, as every gRPC call sends it, is left in
             // place rather than removed and written again.
@@ -388,8 +402,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
             });
         }
-        // Upgrade is hop-by-hop too; WebSocket passthrough handles it separately.
-        if HOP_BY_HOP.contains(name) || name == http::header::UPGRADE {
+        if HOP_BY_HOP.contains(&name.as_str()) {
             doomed.push(name.clone());
         }
     }
@@ -442,6 +455,22 @@ mod tests {
         left.sort_unstable();
         assert_eq!(left, ["te", "x-kept"]);
         assert_eq!(headers["te"], "trailers");
+
+        // Connection's names in any case; `close` names no header.
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "Keep-Alive, X-Private , close"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "secret"),
+            ("x-kept", "yes"),
+        ] {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.keys().collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]
