@@ -482,7 +482,7 @@ pub fn render(
         &mut out,
         "ratethrottle_connection_timeouts_total",
         "counter",
-        "Connections closed for sending nothing in time or staying idle too long.",
+        "Connections closed for sending nothing in time, not completing a request head in time, or staying idle too long.",
         load(&server.header_timeouts),
     );
     help(

@@ -355,6 +355,56 @@ async fn a_slow_header_client_is_cut_off_and_holds_no_slot() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_slow_head_after_a_first_request_is_cut_off_at_the_header_timeout_and_counted() {
+    let upstream = start_upstream().await;
+    let yaml = BASIC.replace(
+        "max_body_bytes: 1KiB",
+        "max_body_bytes: 1KiB\n  header_read_timeout: 5s\n  idle_timeout: 60s",
+    );
+    let gateway = start_gateway(&yaml, Some(upstream.addr)).await;
+    let mut s = TcpStream::connect(gateway.proxy()).await.unwrap();
+    s.write_all(b"GET /api/a HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 200"));
+    // The next head on the kept-alive connection, a byte a second: never
+    // idle, so only the head deadline can end it.
+    s.write_all(b"GET /api/a HTTP/1.1\r\n").await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut closed = false;
+    'dribble: for _ in 0..20 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if s.write_all(b"x").await.is_err() {
+            closed = true;
+            break;
+        }
+        // What is left of the first answer's body, then the end.
+        let mut buf = [0u8; 256];
+        while let Ok(read) = tokio::time::timeout(Duration::from_millis(10), s.read(&mut buf)).await
+        {
+            if !matches!(read, Ok(n) if n > 0) {
+                closed = true;
+                break 'dribble;
+            }
+        }
+    }
+    assert!(closed, "the slow head was not cut off");
+    let elapsed = started.elapsed();
+    assert!(elapsed <= Duration::from_secs(7), "{elapsed:?}");
+    let metrics = send(
+        &http1_client(),
+        get(&format!("http://{}/metrics", gateway.admin()), &[]),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ratethrottle_connection_timeouts_total ") && !l.ends_with(" 0")),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_client_that_sends_nothing_is_closed_after_the_header_timeout() {
     let upstream = start_upstream().await;
     let yaml = BASIC.replace(
