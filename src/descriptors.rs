@@ -139,6 +139,12 @@ impl Engine {
         if !snapshot.config.global.enabled {
             return Ok(statuses);
         }
+        let now = self.now();
+        // Each call is one request at Envoy: it counts toward under-attack
+        // mode's level like a request through the proxy.
+        if let Some(guard) = self.ddos() {
+            guard.count_request(now);
+        }
         let rules = &snapshot.rules.rules;
         let cost = hits_addend.max(1);
 
@@ -211,7 +217,6 @@ impl Engine {
                 }
             })
             .collect();
-        let now = self.now();
         let verdicts = match self.store().check(&checks, now).await {
             Ok(verdicts) if verdicts.len() == checks.len() => verdicts,
             Ok(_) => {

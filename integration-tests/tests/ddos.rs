@@ -134,6 +134,33 @@ fn under_attack_every_limit_is_tightened_and_restored_afterwards() {
     assert!(!engine.ddos().unwrap().under_attack());
 }
 
+#[test]
+fn rate_limit_service_calls_alone_turn_under_attack_mode_on() {
+    let yaml = "rules:\n\
+                \x20 - { name: per_tenant, limit: 10, window: 1h,\n\
+                \x20     descriptors: [{ domain: edge, entries: [{ key: tenant }] }] }\n\
+                ddos_protection: { under_attack: { requests_per_second: 500, limit_factor: 0.5 } }\n";
+    let (engine, clock) = engine(yaml);
+    let call = |tenant: &str| {
+        let descriptor = vec![("tenant".to_string(), tenant.to_string())];
+        let statuses =
+            block_on(engine.check_descriptors("edge", std::slice::from_ref(&descriptor), 1))
+                .expect("memory store");
+        !statuses[0].over_limit
+    };
+    // 1,000 tenants, one call each, within one second: twice the level,
+    // with no request through the proxy.
+    for i in 0..1000 {
+        clock.advance(MS);
+        assert!(call(&format!("t{i}")));
+    }
+    clock.advance(Duration::from_secs(1));
+    assert!(call("first"));
+    assert!(engine.ddos().unwrap().under_attack());
+    let allowed = (0..20).filter(|_| call("busy")).count();
+    assert_eq!(allowed, 5, "the descriptor rule's limit is halved");
+}
+
 /// The first request line of an answer, or "" when the connection closed unanswered.
 async fn answer_of(addr: std::net::SocketAddr) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");

@@ -63,16 +63,13 @@ impl DdosGuard {
         (ip_identity(ip), self.analyzer.prefix_identity(ip))
     }
 
-    /// Counts one request to `path` of the client known by `identities` (as
-    /// [`DdosGuard::identities`] gives them; the caller has them already for
-    /// its block check). Returns the offence to block when the client (or
-    /// its IPv6 prefix) now looks like an attack and `auto_block` is on.
-    pub fn observe(
-        &self,
-        identities: (String, Option<String>),
-        path: &str,
-        now: Nanos,
-    ) -> Option<Offence> {
+    /// Counts one request toward under-attack mode's level (the whole
+    /// gateway's rate), logging when the mode turns on or off. [`observe`]
+    /// does it for each client request; Envoy's rate limit service, whose
+    /// calls name descriptors rather than clients, does it alone.
+    ///
+    /// [`observe`]: DdosGuard::observe
+    pub fn count_request(&self, now: Nanos) {
         if let Some(mode) = self.analyzer.attack_mode()
             && let Some(transition) = mode.record(now)
         {
@@ -93,6 +90,19 @@ impl DdosGuard {
                 ),
             }
         }
+    }
+
+    /// Counts one request to `path` of the client known by `identities` (as
+    /// [`DdosGuard::identities`] gives them; the caller has them already for
+    /// its block check). Returns the offence to block when the client (or
+    /// its IPv6 prefix) now looks like an attack and `auto_block` is on.
+    pub fn observe(
+        &self,
+        identities: (String, Option<String>),
+        path: &str,
+        now: Nanos,
+    ) -> Option<Offence> {
+        self.count_request(now);
         let (address, prefix) = identities;
         let mut worst: Option<(String, f64)> = None;
         for identity in std::iter::once(address).chain(prefix) {
