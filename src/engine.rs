@@ -420,7 +420,7 @@ impl Engine {
                     rule_seed: check.seed,
                     identity: &extra_identity,
                 },
-                limit: check.limit,
+                limit: limit_factor.map_or(check.limit, |f| check.limit.scaled(f)),
                 cost: check.cost.max(1),
                 enforce: true,
             }))

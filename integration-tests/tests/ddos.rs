@@ -7,7 +7,12 @@ use std::time::Duration;
 
 use integration_tests::net::{get, http1_client, send, start_gateway, start_upstream};
 use integration_tests::{Req, block_on, decide, engine};
+use std::sync::Arc;
+
 use ratethrottle::decision::{BlockedBy, Decision};
+use ratethrottle::engine::ExtraCheck;
+use ratethrottle::frontend::protocol_limits::{Caller, per_minute};
+use ratethrottle::limit::{Limit, StrategyKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MS: Duration = Duration::from_millis(1);
@@ -111,8 +116,50 @@ fn under_attack_every_limit_is_tightened_and_restored_afterwards() {
             })
             .count()
     };
+    // A limit a front end adds to the batch (a GraphQL budget), 6 an hour:
+    // tighter than per_ip, so it is the one that denies.
+    let budget = ExtraCheck {
+        name: Arc::from("api.graphql.budget"),
+        seed: 7,
+        limit: Limit::new(StrategyKind::TokenBucket, 6, 3_600 * 1_000_000_000, None),
+        cost: 1,
+        window: Duration::from_secs(3600),
+    };
+    let allowed_extra = |address: &str| {
+        let request = Req::get("/never/").from(address);
+        (0..20)
+            .filter(|_| {
+                let (decision, _) = block_on(
+                    engine.decide_with_extra(&request.facts(), std::slice::from_ref(&budget)),
+                );
+                matches!(decision, Decision::Allow { .. })
+            })
+            .count()
+    };
+    // A route's gRPC or WebSocket rate, 10 a minute.
+    let allowed_protocol = |identity: &str| {
+        let caller = Caller {
+            client_ip: "192.0.2.99".parse().unwrap(),
+            route: None,
+        };
+        (0..20)
+            .filter(|_| {
+                block_on(per_minute(
+                    &engine,
+                    &engine.snapshot(),
+                    caller,
+                    "grpc.requests_per_minute",
+                    identity,
+                    10,
+                ))
+                .is_none()
+            })
+            .count()
+    };
     assert_eq!(allowed("192.0.2.1"), 10);
     assert_eq!(allowed_calls("a"), 10);
+    assert_eq!(allowed_extra("192.0.2.11"), 6);
+    assert_eq!(allowed_protocol("ip:192.0.2.21"), 10);
     // 1,000 addresses, one request each, within one second: each far under
     // its limit, together twice the level.
     for i in 0..1000u32 {
@@ -126,11 +173,15 @@ fn under_attack_every_limit_is_tightened_and_restored_afterwards() {
     clock.advance(Duration::from_secs(1));
     assert_eq!(allowed("192.0.2.2"), 5, "the limit is halved under attack");
     assert_eq!(allowed_calls("b"), 5, "descriptor rules too");
+    assert_eq!(allowed_extra("192.0.2.12"), 3, "GraphQL budgets too");
+    assert_eq!(allowed_protocol("ip:192.0.2.22"), 5, "protocol limits too");
     assert!(engine.ddos().unwrap().under_attack());
     // Calm seconds end the mode; the full limit is back.
     clock.advance(Duration::from_secs(30));
     assert_eq!(allowed("192.0.2.3"), 10);
     assert_eq!(allowed_calls("c"), 10);
+    assert_eq!(allowed_extra("192.0.2.13"), 6);
+    assert_eq!(allowed_protocol("ip:192.0.2.23"), 10);
     assert!(!engine.ddos().unwrap().under_attack());
 }
 
