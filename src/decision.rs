@@ -11,7 +11,7 @@ use crate::metrics::DecisionKind;
 use crate::route::Route;
 
 /// Where a rule stands for this caller: what the rate-limit headers say.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Quota {
     pub rule: Arc<str>,
     pub limit: u64,
@@ -23,6 +23,20 @@ pub struct Quota {
     #[serde(skip)]
     pub template: Option<Arc<QuotaTemplate>>,
 }
+
+/// Two quotas are equal when they say the same; the template only speeds
+/// up writing them.
+impl PartialEq for Quota {
+    fn eq(&self, other: &Self) -> bool {
+        self.rule == other.rule
+            && self.limit == other.limit
+            && self.remaining == other.remaining
+            && self.reset_after == other.reset_after
+            && self.window == other.window
+    }
+}
+
+impl Eq for Quota {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

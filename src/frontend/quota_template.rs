@@ -36,17 +36,6 @@ pub struct QuotaTemplate {
     both: HeaderMap,
 }
 
-/// Two templates are the same when they describe the same quota.
-impl PartialEq for QuotaTemplate {
-    fn eq(&self, other: &Self) -> bool {
-        self.limit == other.limit
-            && self.window == other.window
-            && self.ratelimit_prefix == other.ratelimit_prefix
-    }
-}
-
-impl Eq for QuotaTemplate {}
-
 impl QuotaTemplate {
     /// The headers of rule `name` allowing `limit` per `window`.
     pub fn new(name: &str, limit: u64, window: Duration) -> QuotaTemplate {
