@@ -28,7 +28,7 @@ use crate::protect::shared::{Change, SharedSink};
 use crate::route::{self, RouteRequest};
 use crate::snapshot::{Rule, Snapshot};
 use crate::stats::Stats;
-use crate::store::{CounterKey, LimitCheck, Store, StoreError, Verdicts};
+use crate::store::{CounterKey, LimitCheck, Store, StoreError};
 use crate::violations::{Violation, ViolationHub};
 
 /// How one decision is counted in `ratethrottle_requests_total` and
@@ -280,7 +280,7 @@ impl Engine {
         &self,
         facts: &RequestFacts<'_>,
         extra: &[ExtraCheck],
-    ) -> (Decision, Verdicts) {
+    ) -> (Decision, Vec<Verdict>) {
         let (decision, extra_verdicts, _counted_now) = self.decide_tallied(facts, extra).await;
         (decision, extra_verdicts)
     }
@@ -292,7 +292,7 @@ impl Engine {
         &self,
         facts: &RequestFacts<'_>,
         extra: &[ExtraCheck],
-    ) -> (Decision, Verdicts, Tally<'_>) {
+    ) -> (Decision, Vec<Verdict>, Tally<'_>) {
         let started = Instant::now();
         let snapshot = self.snapshot.load();
         let (decision, counters, extra_verdicts) = self.decide_inner(&snapshot, facts, extra).await;
@@ -310,7 +310,7 @@ impl Engine {
         snapshot: &'s Snapshot,
         facts: &RequestFacts<'_>,
         extra: &[ExtraCheck],
-    ) -> (Decision, &'s Arc<DecisionCounters>, Option<Verdicts>) {
+    ) -> (Decision, &'s Arc<DecisionCounters>, Option<Vec<Verdict>>) {
         let config = &snapshot.config;
         let unrouted = &snapshot.rules.none;
         if !config.global.enabled {
@@ -433,8 +433,10 @@ impl Engine {
             }
             Err(error) => return (self.store_failed(snapshot, error), &rule_set.none, None),
         };
-        let extra_verdicts: Verdicts = if extra.is_empty() {
-            Verdicts::new()
+        // A Vec, empty without extras: no allocation, and a small value to
+        // return through the three layers above.
+        let extra_verdicts: Vec<Verdict> = if extra.is_empty() {
+            Vec::new()
         } else {
             verdicts.drain(rules.len()..).collect()
         };

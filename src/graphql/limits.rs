@@ -17,8 +17,7 @@ use crate::config::GraphqlLimits;
 use crate::decision::{Decision, retry_after_secs};
 use crate::engine::ExtraCheck;
 use crate::frontend::respond::{self, HeaderOptions, Rejection};
-use crate::limit::{Limit, Nanos, StrategyKind};
-use crate::store::Verdicts;
+use crate::limit::{Limit, Nanos, StrategyKind, Verdict};
 
 /// The query's complexity (summed over a batch), on allowed responses.
 pub const X_GRAPHQL_COST: HeaderName = HeaderName::from_static("x-graphql-cost");
@@ -285,7 +284,7 @@ impl Charge {
 
     /// The cost headers of an allowed request; `verdicts` are the store's
     /// answers to [`Charge::checks`], in order.
-    pub fn add_headers(&self, headers: &mut HeaderMap, verdicts: &Verdicts) {
+    pub fn add_headers(&self, headers: &mut HeaderMap, verdicts: &[Verdict]) {
         headers.insert(X_GRAPHQL_COST, HeaderValue::from(self.complexity));
         headers.insert(X_GRAPHQL_DEPTH, HeaderValue::from(self.depth));
         let budget = self
