@@ -65,6 +65,26 @@ impl<T> TimedIo<T> {
         self.started = true;
     }
 
+    /// A write's outcome: bytes written are activity; a write that cannot
+    /// proceed (a client that stopped reading) is held to the same
+    /// deadlines as a read, or a slow reader would keep its slot forever.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.last_activity = Instant::now();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => self.poll_deadline(cx).map(Err),
+            error => error,
+        }
+    }
+
     /// Ready(error) once a deadline has passed: the first byte's, the idle
     /// one, or the head's.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
@@ -135,15 +155,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, data) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.last_activity = Instant::now();
-                }
-                Poll::Ready(Ok(n))
-            }
-            other => other,
-        }
+        let written = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.after_write(cx, written)
     }
 
     fn poll_write_vectored(
@@ -151,15 +164,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.last_activity = Instant::now();
-                }
-                Poll::Ready(Ok(n))
-            }
-            other => other,
-        }
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.after_write(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -167,7 +173,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self.poll_deadline(cx).map(Err),
+            done => done,
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -273,5 +282,28 @@ mod tests {
         assert_eq!(error.to_string(), "request head not complete in time");
         assert_eq!(started.elapsed(), Duration::from_secs(10));
         assert_eq!(metrics.header_timeouts.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_cut_off_at_the_idle_deadline() {
+        let (mut client, server) = duplex(64);
+        let metrics = Arc::new(ServerMetrics::default());
+        let mut io = TimedIo::new(
+            server,
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            HeadDeadline::new(),
+            Arc::clone(&metrics),
+        );
+        let mut buf = [0u8; 8];
+        client.write_all(b"GET").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 3);
+        // An answer bigger than the pipe, and a client that reads none of it.
+        let started = Instant::now();
+        let error = io.write_all(&[b'x'; 1024]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        assert_eq!(metrics.header_timeouts.load(Ordering::Relaxed), 1);
+        drop(client);
     }
 }
