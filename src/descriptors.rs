@@ -142,7 +142,8 @@ impl Engine {
         let now = self.now();
         // Each call is one request at Envoy: it counts toward under-attack
         // mode's level like a request through the proxy.
-        if let Some(guard) = self.ddos() {
+        let ddos = self.ddos();
+        if let Some(guard) = &ddos {
             guard.count_request(now);
         }
         let rules = &snapshot.rules.rules;
@@ -200,7 +201,7 @@ impl Engine {
         }
 
         // Under-attack mode tightens these rules as it does every other.
-        let limit_factor = self.ddos().and_then(|guard| guard.limit_factor());
+        let limit_factor = ddos.as_deref().and_then(|guard| guard.limit_factor());
         let checks: Vec<LimitCheck<'_>> = pending
             .iter()
             .map(|p| {
@@ -211,7 +212,7 @@ impl Engine {
                         rule_seed: rule.seed,
                         identity: p.identity,
                     },
-                    limit: limit_factor.map_or(rule.limit, |f| rule.limit.scaled(f)),
+                    limit: rule.limit.scaled(limit_factor),
                     cost: p.cost,
                     enforce: !rule.shadow,
                 }

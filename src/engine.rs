@@ -185,6 +185,15 @@ impl Engine {
         self.ddos.load_full()
     }
 
+    /// What under-attack mode multiplies every limit by while it is on
+    /// ([`Limit::scaled`]); `None` while it is off.
+    pub fn limit_factor(&self) -> Option<f64> {
+        self.ddos
+            .load()
+            .as_deref()
+            .and_then(DdosGuard::limit_factor)
+    }
+
     /// Counts an upstream error or a guard event (slow header, oversized
     /// request, refused connection) against a client, for DDoS protection.
     pub fn record_ddos_event(&self, client_ip: IpAddr, event: DdosEvent) {
@@ -302,7 +311,7 @@ impl Engine {
             counters: Arc::clone(counters),
             kind: decision.kind(),
         };
-        (decision, extra_verdicts.unwrap_or_default(), tally)
+        (decision, extra_verdicts, tally)
     }
 
     async fn decide_inner<'s>(
@@ -310,11 +319,11 @@ impl Engine {
         snapshot: &'s Snapshot,
         facts: &RequestFacts<'_>,
         extra: &[ExtraCheck],
-    ) -> (Decision, &'s Arc<DecisionCounters>, Option<Vec<Verdict>>) {
+    ) -> (Decision, &'s Arc<DecisionCounters>, Vec<Verdict>) {
         let config = &snapshot.config;
         let unrouted = &snapshot.rules.none;
         if !config.global.enabled {
-            return (allow(None, None, Vec::new()), unrouted, None);
+            return (allow(None, None, Vec::new()), unrouted, Vec::new());
         }
         let now = self.clock.now();
         let client_ip = facts.client_ip.unwrap_or_else(|| {
@@ -329,7 +338,7 @@ impl Engine {
                     whitelisted: true,
                     shadow_denied: Vec::new(),
                 };
-                return (decision, unrouted, None);
+                return (decision, unrouted, Vec::new());
             }
             Some(ListMatch::Blacklisted { expires }) => {
                 let decision = Decision::Blocked {
@@ -337,7 +346,7 @@ impl Engine {
                     retry_after: expires
                         .map(|t| Duration::from_nanos(t.saturating_sub(now).max(1))),
                 };
-                return (decision, unrouted, None);
+                return (decision, unrouted, Vec::new());
             }
             None => {}
         }
@@ -346,7 +355,7 @@ impl Engine {
         if let Some(guard) = ddos.as_deref()
             && let Some(decision) = self.ddos_screen(guard, client_ip, facts.path, now)
         {
-            return (decision, unrouted, None);
+            return (decision, unrouted, Vec::new());
         }
         let limit_factor = ddos.as_deref().and_then(DdosGuard::limit_factor);
 
@@ -359,7 +368,7 @@ impl Engine {
         let route = match &snapshot.routes {
             Some(routes) => match route::find(routes, &route_request) {
                 Some(route) => Some(route),
-                None => return (Decision::NoRoute, unrouted, None),
+                None => return (Decision::NoRoute, unrouted, Vec::new()),
             },
             None => None,
         };
@@ -385,13 +394,13 @@ impl Engine {
             .collect();
 
         if let Some(decision) = self.active_block(client_ip, &identities, now) {
-            return (decision, &rule_set.none, None);
+            return (decision, &rule_set.none, Vec::new());
         }
         if rules.is_empty() && extra.is_empty() {
             return (
                 allow(None, route.cloned(), Vec::new()),
                 &rule_set.none,
-                None,
+                Vec::new(),
             );
         }
 
@@ -410,7 +419,7 @@ impl Engine {
                     rule_seed: rule.seed,
                     identity,
                 },
-                limit: limit_factor.map_or(rule.limit, |f| rule.limit.scaled(f)),
+                limit: rule.limit.scaled(limit_factor),
                 cost: facts.cost.max(1),
                 enforce: !rule.shadow,
             })
@@ -420,7 +429,7 @@ impl Engine {
                     rule_seed: check.seed,
                     identity: &extra_identity,
                 },
-                limit: limit_factor.map_or(check.limit, |f| check.limit.scaled(f)),
+                limit: check.limit.scaled(limit_factor),
                 cost: check.cost.max(1),
                 enforce: true,
             }))
@@ -429,9 +438,19 @@ impl Engine {
             Ok(verdicts) if verdicts.len() == checks.len() => verdicts,
             Ok(_) => {
                 let error = StoreError::Protocol("wrong number of verdicts".into());
-                return (self.store_failed(snapshot, error), &rule_set.none, None);
+                return (
+                    self.store_failed(snapshot, error),
+                    &rule_set.none,
+                    Vec::new(),
+                );
             }
-            Err(error) => return (self.store_failed(snapshot, error), &rule_set.none, None),
+            Err(error) => {
+                return (
+                    self.store_failed(snapshot, error),
+                    &rule_set.none,
+                    Vec::new(),
+                );
+            }
         };
         // A Vec, empty without extras: no allocation, and a small value to
         // return through the three layers above.
@@ -468,7 +487,7 @@ impl Engine {
             if let Some(guard) = ddos.as_deref() {
                 guard.record(client_ip, DdosEvent::RateLimited, now);
             }
-            return (decision, &rule_set.none, Some(extra_verdicts));
+            return (decision, &rule_set.none, extra_verdicts);
         }
         let route_name = route.map(|r| &*r.name);
         let mut shadow_denied = Vec::new();
@@ -514,7 +533,7 @@ impl Engine {
             return (
                 allow(None, route.cloned(), shadow_denied),
                 &rule_set.none,
-                Some(extra_verdicts),
+                extra_verdicts,
             );
         };
         let counters = rule_set.counters_of(rules[index]);
@@ -528,7 +547,7 @@ impl Engine {
                 retry_after: Duration::from_nanos(retry),
             }
         };
-        (decision, counters, Some(extra_verdicts))
+        (decision, counters, extra_verdicts)
     }
 
     fn active_block(

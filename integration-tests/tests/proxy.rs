@@ -130,6 +130,15 @@ async fn no_route_is_404_and_oversized_bodies_are_413() {
 }
 
 /// Reads until the end of a response head (or the connection closes).
+/// BASIC with more `server` settings (YAML lines of the `server` block,
+/// joined by `\n  `).
+fn basic_with_server(settings: &str) -> String {
+    BASIC.replace(
+        "max_body_bytes: 1KiB",
+        &format!("max_body_bytes: 1KiB\n  {settings}"),
+    )
+}
+
 async fn read_head(stream: &mut TcpStream) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -244,10 +253,7 @@ async fn header_styles_follow_the_config() {
 #[tokio::test]
 async fn connections_over_the_per_ip_cap_are_closed_at_accept() {
     let upstream = start_upstream().await;
-    let yaml = BASIC.replace(
-        "max_body_bytes: 1KiB",
-        "max_body_bytes: 1KiB\n  max_connections_per_ip: 2",
-    );
+    let yaml = basic_with_server("max_connections_per_ip: 2");
     let gateway = start_gateway(&yaml, Some(upstream.addr)).await;
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -326,10 +332,7 @@ async fn dribble_until_closed(s: &mut TcpStream) -> Duration {
 #[tokio::test(start_paused = true)]
 async fn a_slow_header_client_is_cut_off_and_holds_no_slot() {
     let upstream = start_upstream().await;
-    let yaml = BASIC.replace(
-        "max_body_bytes: 1KiB",
-        "max_body_bytes: 1KiB\n  header_read_timeout: 5s\n  max_connections_per_ip: 1",
-    );
+    let yaml = basic_with_server("header_read_timeout: 5s\n  max_connections_per_ip: 1");
     let gateway = start_gateway(&yaml, Some(upstream.addr)).await;
     // Slowloris: a header line, then a byte now and then, never the end.
     let mut slow = TcpStream::connect(gateway.proxy()).await.unwrap();
@@ -356,10 +359,7 @@ async fn a_slow_header_client_is_cut_off_and_holds_no_slot() {
 #[tokio::test(start_paused = true)]
 async fn a_slow_head_after_a_first_request_is_cut_off_at_the_header_timeout_and_counted() {
     let upstream = start_upstream().await;
-    let yaml = BASIC.replace(
-        "max_body_bytes: 1KiB",
-        "max_body_bytes: 1KiB\n  header_read_timeout: 5s\n  idle_timeout: 60s",
-    );
+    let yaml = basic_with_server("header_read_timeout: 5s\n  idle_timeout: 60s");
     let gateway = start_gateway(&yaml, Some(upstream.addr)).await;
     let mut s = TcpStream::connect(gateway.proxy()).await.unwrap();
     s.write_all(b"GET /api/a HTTP/1.1\r\nhost: t\r\n\r\n")
@@ -387,10 +387,7 @@ async fn a_slow_head_after_a_first_request_is_cut_off_at_the_header_timeout_and_
 #[tokio::test(start_paused = true)]
 async fn a_client_that_sends_nothing_is_closed_after_the_header_timeout() {
     let upstream = start_upstream().await;
-    let yaml = BASIC.replace(
-        "max_body_bytes: 1KiB",
-        "max_body_bytes: 1KiB\n  header_read_timeout: 5s",
-    );
+    let yaml = basic_with_server("header_read_timeout: 5s");
     let gateway = start_gateway(&yaml, Some(upstream.addr)).await;
     let mut silent = TcpStream::connect(gateway.proxy()).await.unwrap();
     let started = tokio::time::Instant::now();
@@ -454,14 +451,11 @@ async fn the_tls_listener_speaks_h2_and_http11_and_reloads_its_certificate() {
     let upstream = start_upstream().await;
     let certs = tempfile::tempdir().unwrap();
     let (ca, cert_file, key_file) = localhost_certificate(certs.path());
-    let yaml = BASIC.replace(
-        "  max_body_bytes: 1KiB",
-        &format!(
-            "  max_body_bytes: 1KiB\n  tls: {{ listen: 127.0.0.1:0, cert_file: {}, key_file: {} }}",
-            cert_file.display(),
-            key_file.display()
-        ),
-    );
+    let yaml = basic_with_server(&format!(
+        "tls: {{ listen: 127.0.0.1:0, cert_file: {}, key_file: {} }}",
+        cert_file.display(),
+        key_file.display()
+    ));
     let gateway = start_gateway(&yaml, Some(upstream.addr)).await;
     let port = gateway.gateway.addrs().tls.unwrap().port();
     let url = format!("https://localhost:{port}/api/items");

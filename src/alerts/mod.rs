@@ -205,8 +205,6 @@ impl Dispatcher {
     }
 }
 
-/// One sink per configured webhook, reusing a running one when its settings
-/// are the same (dropping the others lets them finish and end).
 /// What a new sink is started with.
 struct SinkSpawner<'a> {
     tuning: Tuning,
@@ -215,6 +213,8 @@ struct SinkSpawner<'a> {
     tasks: &'a TaskTracker,
 }
 
+/// One sink per configured webhook, reusing a running one when its settings
+/// are the same (dropping the others lets them finish and end).
 fn build_sinks(config: &Config, old: &[Sink], spawner: &SinkSpawner<'_>) -> Vec<Sink> {
     let mut old: Vec<Option<&Sink>> = old.iter().map(Some).collect();
     config

@@ -125,16 +125,15 @@ pub async fn per_minute(
 ) -> Option<Decision> {
     let strategy = snapshot.config.global.default_strategy;
     let window = MINUTE.as_nanos() as u64;
-    let limit = Limit::new(strategy, limit, window, None);
     // Under attack, tightened as every rule is.
-    let factor = engine.ddos().and_then(|guard| guard.limit_factor());
+    let limit = Limit::new(strategy, limit, window, None).scaled(engine.limit_factor());
     let check = [LimitCheck {
         key: CounterKey {
             rule: name,
             rule_seed: seed(name, strategy.as_str()),
             identity,
         },
-        limit: factor.map_or(limit, |f| limit.scaled(f)),
+        limit,
         cost: 1,
         enforce: true,
     }];

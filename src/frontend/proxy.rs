@@ -30,8 +30,6 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-/// `HeaderName`s rather than strings: removing by name then skips parsing it.
 pub struct Proxy {
     pub engine: Arc<Engine>,
     pub upstreams: Arc<ArcSwap<Upstreams>>,
@@ -354,12 +352,10 @@ where
     Request::from_parts(parts, body)
 }
 
-/// Removes hop-by-hop headers and any header the Connection header names.
-/// `te: trailers` survives: gRPC needs it end to end.
-/// One pass over the headers finds what to remove, so a message without
-/// hop-by-hop headers (most of them) costs no removals at all.
-/// Hop-by-hop headers (RFC 9110 7.6.1, with the older Keep-Alive and
-/// Proxy-Connection). Upgrade too: WebSocket passthrough handles it apart.
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1, with the
+/// older Keep-Alive and Proxy-Connection). Upgrade too: WebSocket passthrough
+/// handles it apart. Names as text: a `const` of `HeaderName`s would be built
+/// and dropped at every use.
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
@@ -372,6 +368,10 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
+/// Removes hop-by-hop headers and any header the Connection header names.
+/// `te: trailers` survives: gRPC needs it end to end.
+/// One pass over the headers finds what to remove, so a message without
+/// hop-by-hop headers (most of them) costs no removals at all.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut doomed: SmallVec<[HeaderName; 4]> = SmallVec::new();
     let mut keeps_trailers = false;
@@ -433,10 +433,22 @@ fn is_body_too_large(error: &UpstreamError) -> bool {
 mod tests {
     use super::*;
 
+    /// `pairs` as a header map (repeated names appended) after stripping.
+    fn stripped(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        headers
+    }
+
     #[test]
     fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
-        let mut headers = HeaderMap::new();
-        for (name, value) in [
+        let headers = stripped(&[
             ("connection", "keep-alive, x-private"),
             ("keep-alive", "timeout=5"),
             ("x-private", "secret"),
@@ -444,57 +456,38 @@ mod tests {
             ("te", "trailers, deflate"),
             ("upgrade", "h2c"),
             ("x-kept", "yes"),
-        ] {
-            headers.insert(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
-        strip_hop_by_hop(&mut headers);
+        ]);
         let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["te", "x-kept"]);
         assert_eq!(headers["te"], "trailers");
 
         // Connection's names in any case; `close` names no header.
-        let mut headers = HeaderMap::new();
-        for (name, value) in [
+        let headers = stripped(&[
             ("connection", "Keep-Alive, X-Private , close"),
             ("keep-alive", "timeout=5"),
             ("x-private", "secret"),
             ("x-kept", "yes"),
-        ] {
-            headers.insert(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
-        strip_hop_by_hop(&mut headers);
+        ]);
         assert_eq!(headers.keys().collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]
     fn te_trailers_passes_and_any_other_te_goes() {
-        let strip = |pairs: &[(&'static str, &'static str)]| {
-            let mut headers = HeaderMap::new();
-            for (name, value) in pairs {
-                headers.append(
-                    HeaderName::from_static(name),
-                    HeaderValue::from_static(value),
-                );
-            }
-            strip_hop_by_hop(&mut headers);
-            headers.get("te").map(|v| v.to_str().unwrap().to_string())
+        let te = |pairs: &[(&'static str, &'static str)]| {
+            stripped(pairs)
+                .get("te")
+                .map(|v| v.to_str().unwrap().to_string())
         };
-        assert_eq!(strip(&[("te", "trailers")]).as_deref(), Some("trailers"));
-        assert_eq!(strip(&[("te", "gzip")]), None);
+        assert_eq!(te(&[("te", "trailers")]).as_deref(), Some("trailers"));
+        assert_eq!(te(&[("te", "gzip")]), None);
         assert_eq!(
-            strip(&[("te", "gzip"), ("te", "trailers")]).as_deref(),
+            te(&[("te", "gzip"), ("te", "trailers")]).as_deref(),
             Some("trailers")
         );
         // Named by Connection, `te: trailers` is still reduced to itself.
         assert_eq!(
-            strip(&[("connection", "te"), ("te", "trailers")]).as_deref(),
+            te(&[("connection", "te"), ("te", "trailers")]).as_deref(),
             Some("trailers")
         );
     }

@@ -84,8 +84,12 @@ pub struct Limit {
 
 impl Limit {
     /// This limit with its count and burst multiplied by `factor` (rounded,
-    /// at least 1): how under-attack mode tightens every rule.
-    pub fn scaled(&self, factor: f64) -> Limit {
+    /// at least 1): how under-attack mode tightens every limit. `None`
+    /// (the mode is off) leaves it as it is.
+    pub fn scaled(&self, factor: Option<f64>) -> Limit {
+        let Some(factor) = factor else {
+            return *self;
+        };
         let scale = |n: u64| ((n as f64 * factor).round() as u64).max(1);
         Limit {
             limit: scale(self.limit),

@@ -4,6 +4,7 @@
 //! that (`idle_timeout`), and when a request head is not complete by the
 //! deadline hyper set for it ([`HeadDeadline`], `header_read_timeout`).
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -124,8 +125,6 @@ impl<T> TimedIo<T> {
     }
 }
 
-use std::future::Future as _;
-
 impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -187,19 +186,29 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    /// A connection with a 10 s head (and first-byte) deadline and a 60 s
+    /// idle one, with its metrics and head deadline.
+    fn timed(
+        server: DuplexStream,
+    ) -> (TimedIo<DuplexStream>, Arc<ServerMetrics>, Arc<HeadDeadline>) {
+        let metrics = Arc::new(ServerMetrics::default());
+        let head = HeadDeadline::new();
+        let io = TimedIo::new(
+            server,
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            Arc::clone(&head),
+            Arc::clone(&metrics),
+        );
+        (io, metrics, head)
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_is_cut_off_at_the_first_byte_deadline() {
         let (_client, server) = duplex(64);
-        let metrics = Arc::new(ServerMetrics::default());
-        let mut io = TimedIo::new(
-            server,
-            Duration::from_secs(10),
-            Duration::from_secs(60),
-            HeadDeadline::new(),
-            Arc::clone(&metrics),
-        );
+        let (mut io, metrics, _) = timed(server);
         let mut buf = [0u8; 8];
         let started = Instant::now();
         let error = io.read(&mut buf).await.unwrap_err();
@@ -211,14 +220,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn activity_pushes_the_idle_deadline_back() {
         let (mut client, server) = duplex(64);
-        let metrics = Arc::new(ServerMetrics::default());
-        let mut io = TimedIo::new(
-            server,
-            Duration::from_secs(10),
-            Duration::from_secs(60),
-            HeadDeadline::new(),
-            metrics,
-        );
+        let (mut io, _, _) = timed(server);
         let mut buf = [0u8; 8];
         client.write_all(b"a").await.unwrap();
         assert_eq!(io.read(&mut buf).await.unwrap(), 1);
@@ -237,16 +239,8 @@ mod tests {
         use hyper::rt::Timer as _;
 
         let (mut client, server) = duplex(64);
-        let metrics = Arc::new(ServerMetrics::default());
-        let head = HeadDeadline::new();
+        let (mut io, metrics, head) = timed(server);
         let timer = super::super::HeadTimer::new(Arc::clone(&head));
-        let mut io = TimedIo::new(
-            server,
-            Duration::from_secs(10),
-            Duration::from_secs(60),
-            Arc::clone(&head),
-            Arc::clone(&metrics),
-        );
         let mut buf = [0u8; 8];
         // A first request whose head arrives in time, then 25 s between
         // requests with no head being read: neither deadline applies.
@@ -287,14 +281,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_client_that_stops_reading_is_cut_off_at_the_idle_deadline() {
         let (mut client, server) = duplex(64);
-        let metrics = Arc::new(ServerMetrics::default());
-        let mut io = TimedIo::new(
-            server,
-            Duration::from_secs(10),
-            Duration::from_secs(60),
-            HeadDeadline::new(),
-            Arc::clone(&metrics),
-        );
+        let (mut io, metrics, _) = timed(server);
         let mut buf = [0u8; 8];
         client.write_all(b"GET").await.unwrap();
         assert_eq!(io.read(&mut buf).await.unwrap(), 3);
