@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderMap, Method};
@@ -25,10 +25,11 @@ use crate::protect::ddos::Event as DdosEvent;
 use crate::protect::ddos::guard::DdosGuard;
 use crate::protect::lists::{ListMatch, Lists};
 use crate::protect::shared::{Change, SharedSink};
-use crate::route::{self, RouteRequest};
-use crate::snapshot::{Rule, Snapshot};
+use crate::route::{self, Route, RouteRequest};
+use crate::snapshot::{Rule, RuleSet, Snapshot};
+use crate::soon::Soon;
 use crate::stats::Stats;
-use crate::store::{CounterKey, LimitCheck, Store, StoreError};
+use crate::store::{CounterKey, LimitCheck, Store, StoreError, Verdicts};
 use crate::violations::{Violation, ViolationHub};
 
 /// How one decision is counted in `ratethrottle_requests_total` and
@@ -60,6 +61,70 @@ impl Drop for Tally<'_> {
             DecisionKind::NoRoute => {}
             _ => self.engine.stats.record_blocked(),
         }
+    }
+}
+
+/// A decision as the engine hands it to a front end: the decision, the
+/// extra checks' verdicts (in order; empty when the batch was not reached)
+/// and its count, made when the [`Tally`] is dropped.
+pub type Decided<'e> = (Decision, Vec<Verdict>, Tally<'e>);
+
+/// A decision before it is counted: the rules' counters it counts under.
+type Concluded<'s> = (Decision, &'s Arc<DecisionCounters>, Vec<Verdict>);
+
+/// Where [`Engine::plan`] leaves a decision.
+enum Step<'s> {
+    Decided(Concluded<'s>),
+    /// Counters must be checked in the store.
+    Check(Plan<'s>),
+}
+
+/// What a decision has found out when it reaches the store.
+struct Plan<'s> {
+    rule_set: &'s RuleSet,
+    route: Option<&'s Arc<Route>>,
+    /// The rules that apply, and each one's identity.
+    rules: SmallVec<[&'s Arc<Rule>; 4]>,
+    identities: SmallVec<[String; 4]>,
+    /// The identity extra checks count (empty without them).
+    extra_identity: String,
+    client_ip: IpAddr,
+    ddos: arc_swap::Guard<Option<Arc<DdosGuard>>>,
+    /// Under attack, the factor limits are scaled by.
+    limit_factor: Option<f64>,
+}
+
+impl Plan<'_> {
+    /// The store batch: the rules' checks, then the extra ones.
+    fn checks<'p>(
+        &'p self,
+        facts: &RequestFacts<'_>,
+        extra: &'p [ExtraCheck],
+    ) -> SmallVec<[LimitCheck<'p>; 4]> {
+        self.rules
+            .iter()
+            .zip(&self.identities)
+            .map(|(rule, identity)| LimitCheck {
+                key: CounterKey {
+                    rule: &rule.name,
+                    rule_seed: rule.seed,
+                    identity,
+                },
+                limit: rule.limit.scaled(self.limit_factor),
+                cost: facts.cost.max(1),
+                enforce: !rule.shadow,
+            })
+            .chain(extra.iter().map(|check| LimitCheck {
+                key: CounterKey {
+                    rule: &check.name,
+                    rule_seed: check.seed,
+                    identity: &self.extra_identity,
+                },
+                limit: check.limit.scaled(self.limit_factor),
+                cost: check.cost.max(1),
+                enforce: true,
+            }))
+            .collect()
     }
 }
 
@@ -297,35 +362,83 @@ impl Engine {
     /// [`Engine::decide_with_extra`], with the decision's count left to the
     /// caller's [`Tally`]: a front end that may still turn an allowed
     /// request away (a route's protocol limits) counts it as what happened.
-    pub async fn decide_tallied(
-        &self,
+    /// On a store that answers at once (memory) the decision is made here,
+    /// without a future; a network store's wait is boxed.
+    pub fn decide_tallied<'e: 'a, 'a>(
+        &'e self,
+        facts: &'a RequestFacts<'_>,
+        extra: &'a [ExtraCheck],
+    ) -> Soon<'a, Decided<'e>> {
+        if self.store.answers_at_once() {
+            Soon::ready(self.decide_at_once(facts, extra))
+        } else {
+            Soon::later(self.decide_waiting(facts, extra))
+        }
+    }
+
+    fn decide_at_once(&self, facts: &RequestFacts<'_>, extra: &[ExtraCheck]) -> Decided<'_> {
+        // The decision's instant, and the start of its latency: one clock
+        // read serves both (a read costs as much as a small decision).
+        let now = self.clock.now();
+        let snapshot = self.snapshot.load();
+        let concluded = match self.plan(&snapshot, facts, extra, now) {
+            Step::Decided(concluded) => concluded,
+            Step::Check(plan) => {
+                let answer = self.store.check(&plan.checks(facts, extra), now).now();
+                let answer = answer.unwrap_or_else(|| {
+                    Err(StoreError::Protocol(
+                        "the store did not answer at once".into(),
+                    ))
+                });
+                self.conclude(&snapshot, &plan, facts, extra, now, answer)
+            }
+        };
+        self.tally(now, concluded)
+    }
+
+    async fn decide_waiting<'e>(
+        &'e self,
         facts: &RequestFacts<'_>,
         extra: &[ExtraCheck],
-    ) -> (Decision, Vec<Verdict>, Tally<'_>) {
-        let started = Instant::now();
+    ) -> Decided<'e> {
+        let now = self.clock.now();
         let snapshot = self.snapshot.load();
-        let (decision, counters, extra_verdicts) = self.decide_inner(&snapshot, facts, extra).await;
-        self.decision_latency.observe(started.elapsed());
+        let concluded = match self.plan(&snapshot, facts, extra, now) {
+            Step::Decided(concluded) => concluded,
+            Step::Check(plan) => {
+                let answer = self.store.check(&plan.checks(facts, extra), now).await;
+                self.conclude(&snapshot, &plan, facts, extra, now, answer)
+            }
+        };
+        self.tally(now, concluded)
+    }
+
+    /// Records the decision's latency and hands its count to a [`Tally`].
+    fn tally(&self, started: Nanos, (decision, counters, extra): Concluded<'_>) -> Decided<'_> {
+        let elapsed = self.clock.now().saturating_sub(started);
+        self.decision_latency.observe(Duration::from_nanos(elapsed));
         let tally = Tally {
             engine: self,
             counters: Arc::clone(counters),
             kind: decision.kind(),
         };
-        (decision, extra_verdicts, tally)
+        (decision, extra, tally)
     }
 
-    async fn decide_inner<'s>(
+    /// A decision up to the store: lists, DDoS screening, route, rules and
+    /// their identities, blocks. Decided here when no counter is needed.
+    fn plan<'s>(
         &self,
         snapshot: &'s Snapshot,
         facts: &RequestFacts<'_>,
         extra: &[ExtraCheck],
-    ) -> (Decision, &'s Arc<DecisionCounters>, Vec<Verdict>) {
+        now: Nanos,
+    ) -> Step<'s> {
         let config = &snapshot.config;
         let unrouted = &snapshot.rules.none;
         if !config.global.enabled {
-            return (allow(None, None, Vec::new()), unrouted, Vec::new());
+            return Step::Decided((allow(None, None, Vec::new()), unrouted, Vec::new()));
         }
-        let now = self.clock.now();
         let client_ip = facts.client_ip.unwrap_or_else(|| {
             identity::client_ip(facts.peer, facts.headers, &config.global.trusted_proxies)
         });
@@ -338,7 +451,7 @@ impl Engine {
                     whitelisted: true,
                     shadow_denied: Vec::new(),
                 };
-                return (decision, unrouted, Vec::new());
+                return Step::Decided((decision, unrouted, Vec::new()));
             }
             Some(ListMatch::Blacklisted { expires }) => {
                 let decision = Decision::Blocked {
@@ -346,7 +459,7 @@ impl Engine {
                     retry_after: expires
                         .map(|t| Duration::from_nanos(t.saturating_sub(now).max(1))),
                 };
-                return (decision, unrouted, Vec::new());
+                return Step::Decided((decision, unrouted, Vec::new()));
             }
             None => {}
         }
@@ -355,7 +468,7 @@ impl Engine {
         if let Some(guard) = ddos.as_deref()
             && let Some(decision) = self.ddos_screen(guard, client_ip, facts.path, now)
         {
-            return (decision, unrouted, Vec::new());
+            return Step::Decided((decision, unrouted, Vec::new()));
         }
         let limit_factor = ddos.as_deref().and_then(DdosGuard::limit_factor);
 
@@ -368,7 +481,7 @@ impl Engine {
         let route = match &snapshot.routes {
             Some(routes) => match route::find(routes, &route_request) {
                 Some(route) => Some(route),
-                None => return (Decision::NoRoute, unrouted, Vec::new()),
+                None => return Step::Decided((Decision::NoRoute, unrouted, Vec::new())),
             },
             None => None,
         };
@@ -394,14 +507,14 @@ impl Engine {
             .collect();
 
         if let Some(decision) = self.active_block(client_ip, &identities, now) {
-            return (decision, &rule_set.none, Vec::new());
+            return Step::Decided((decision, &rule_set.none, Vec::new()));
         }
         if rules.is_empty() && extra.is_empty() {
-            return (
+            return Step::Decided((
                 allow(None, route.cloned(), Vec::new()),
                 &rule_set.none,
                 Vec::new(),
-            );
+            ));
         }
 
         // Only built when there are extra checks: plain requests allocate nothing here.
@@ -410,32 +523,34 @@ impl Engine {
             Some(identity) => identity.clone(),
             None => identity::ip_identity(client_ip),
         };
-        let checks: SmallVec<[LimitCheck<'_>; 4]> = rules
-            .iter()
-            .zip(&identities)
-            .map(|(rule, identity)| LimitCheck {
-                key: CounterKey {
-                    rule: &rule.name,
-                    rule_seed: rule.seed,
-                    identity,
-                },
-                limit: rule.limit.scaled(limit_factor),
-                cost: facts.cost.max(1),
-                enforce: !rule.shadow,
-            })
-            .chain(extra.iter().map(|check| LimitCheck {
-                key: CounterKey {
-                    rule: &check.name,
-                    rule_seed: check.seed,
-                    identity: &extra_identity,
-                },
-                limit: check.limit.scaled(limit_factor),
-                cost: check.cost.max(1),
-                enforce: true,
-            }))
-            .collect();
-        let mut verdicts = match self.store.check(&checks, now).await {
-            Ok(verdicts) if verdicts.len() == checks.len() => verdicts,
+        Step::Check(Plan {
+            rule_set,
+            route,
+            rules,
+            identities,
+            extra_identity,
+            client_ip,
+            ddos,
+            limit_factor,
+        })
+    }
+
+    /// The decision from the store's answer to `plan`'s checks: counts,
+    /// reports, blocks on violation, and the quota to show.
+    fn conclude<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        plan: &Plan<'s>,
+        facts: &RequestFacts<'_>,
+        extra: &[ExtraCheck],
+        now: Nanos,
+        answer: Result<Verdicts, StoreError>,
+    ) -> Concluded<'s> {
+        let (rule_set, route, client_ip) = (plan.rule_set, plan.route, plan.client_ip);
+        let (rules, identities, ddos) = (&plan.rules, &plan.identities, &plan.ddos);
+        let expected = rules.len() + extra.len();
+        let mut verdicts = match answer {
+            Ok(verdicts) if verdicts.len() == expected => verdicts,
             Ok(_) => {
                 let error = StoreError::Protocol("wrong number of verdicts".into());
                 return (
@@ -460,7 +575,7 @@ impl Engine {
             verdicts.drain(rules.len()..).collect()
         };
 
-        let outcome = Outcome::of(&rules, &verdicts);
+        let outcome = Outcome::of(rules, &verdicts);
         if !outcome.allowed
             && let Some(guard) = ddos.as_deref()
         {

@@ -27,6 +27,7 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod snapshot;
+pub mod soon;
 pub mod stats;
 pub mod store;
 pub mod text;

@@ -422,8 +422,11 @@ fn eight_threads_through_the_engine_allow_exactly_the_limit() {
     }
 }
 
-/// A store that is down, as a dead Redis would be.
-struct DownStore;
+/// A store that is down, as a dead Redis would be; `at_once` says whether
+/// it claims to answer without waiting (the engine's synchronous path).
+struct DownStore {
+    at_once: bool,
+}
 
 impl ratethrottle::store::Store for DownStore {
     fn check<'a>(
@@ -444,29 +447,66 @@ impl ratethrottle::store::Store for DownStore {
     fn kind(&self) -> &'static str {
         "down"
     }
+    fn answers_at_once(&self) -> bool {
+        self.at_once
+    }
+}
+
+/// A store that claims to answer at once, then waits: the engine treats
+/// the answer as a store error rather than blocking on it.
+struct WaitsAfterAll;
+
+impl ratethrottle::store::Store for WaitsAfterAll {
+    fn check<'a>(
+        &'a self,
+        _checks: &'a [ratethrottle::store::LimitCheck<'a>],
+        _now: u64,
+    ) -> ratethrottle::store::StoreCall<'a> {
+        ratethrottle::store::StoreCall::later(std::future::pending())
+    }
+    fn sweep(&self, _now: u64) -> usize {
+        0
+    }
+    fn key_count(&self) -> Option<usize> {
+        None
+    }
+    fn kind(&self) -> &'static str {
+        "waits"
+    }
+    fn answers_at_once(&self) -> bool {
+        true
+    }
 }
 
 #[test]
 fn an_unreachable_store_follows_on_error() {
     use ratethrottle::clock::ManualClock;
     use ratethrottle::engine::Engine;
+    let stores: [fn() -> Arc<dyn ratethrottle::store::Store>; 3] = [
+        || Arc::new(DownStore { at_once: false }),
+        || Arc::new(DownStore { at_once: true }),
+        || Arc::new(WaitsAfterAll),
+    ];
     for (policy, expect_allowed) in [("allow", true), ("deny", false)] {
-        let yaml = format!(
-            "storage: {{ on_error: {policy} }}\nrules: [{{ name: r, limit: 1, window: 60 }}]\n"
-        );
-        let engine = Engine::new(
-            config_from(&yaml),
-            Arc::new(DownStore),
-            ManualClock::at_test_epoch(),
-        );
-        for _ in 0..3 {
-            let decision = decide(&engine, &Req::get("/"));
-            assert_eq!(decision.is_allowed(), expect_allowed, "{policy}");
-            if !expect_allowed {
-                assert!(matches!(decision, Decision::Unavailable { .. }));
+        for store in stores {
+            let yaml = format!(
+                "storage: {{ on_error: {policy} }}\nrules: [{{ name: r, limit: 1, window: 60 }}]\n"
+            );
+            let engine = Engine::new(config_from(&yaml), store(), ManualClock::at_test_epoch());
+            for _ in 0..3 {
+                let decision = decide(&engine, &Req::get("/"));
+                assert_eq!(decision.is_allowed(), expect_allowed, "{policy}");
+                if !expect_allowed {
+                    assert!(matches!(decision, Decision::Unavailable { .. }));
+                }
             }
+            assert_eq!(
+                engine.store_errors(),
+                3,
+                "{policy} on {}",
+                engine.store().kind()
+            );
         }
-        assert_eq!(engine.store_errors(), 3);
     }
 }
 

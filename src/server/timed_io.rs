@@ -31,9 +31,14 @@ pub struct TimedIo<T> {
     /// which keeps the timer wheel out of the hot path.
     timer: Pin<Box<Sleep>>,
     /// The waker `timer` was last polled with: while the task is the same
-    /// and its deadline is ahead, polling it again would change nothing.
+    /// and the timer has not fired, polling it again would change nothing.
     timer_waker: Option<Waker>,
+    /// When the connection last waited after reading or writing something.
     last_activity: Instant,
+    /// Bytes moved since `last_activity` was taken. Reads and writes only
+    /// set this; the clock is read once, when the connection next waits,
+    /// which is within the same poll for all but a busy stream.
+    active: bool,
     started: bool,
     metrics: Arc<ServerMetrics>,
 }
@@ -56,13 +61,14 @@ impl<T> TimedIo<T> {
             timer: Box::pin(tokio::time::sleep_until(now + head_timeout)),
             timer_waker: None,
             last_activity: now,
+            active: false,
             started: false,
             metrics,
         }
     }
 
     fn touch(&mut self) {
-        self.last_activity = Instant::now();
+        self.active = true;
         self.started = true;
     }
 
@@ -77,7 +83,7 @@ impl<T> TimedIo<T> {
         match written {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
-                    self.last_activity = Instant::now();
+                    self.active = true;
                 }
                 Poll::Ready(Ok(n))
             }
@@ -89,12 +95,18 @@ impl<T> TimedIo<T> {
     /// Ready(error) once a deadline has passed: the first byte's, the idle
     /// one, or the head's.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if self.active {
+            self.active = false;
+            self.last_activity = Instant::now();
+        }
         loop {
+            // The timer fires into the waker it was polled with; until it
+            // has, there is nothing to check.
             if self
                 .timer_waker
                 .as_ref()
                 .is_some_and(|waker| waker.will_wake(cx.waker()))
-                && Instant::now() < self.timer.deadline()
+                && !self.timer.is_elapsed()
             {
                 return Poll::Pending;
             }

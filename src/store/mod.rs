@@ -7,15 +7,13 @@ mod redis;
 pub use self::redis::{BreakerConfig, BreakerState, RedisShared, RedisStore, RedisStoreOptions};
 pub use memory::MemoryStore;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use smallvec::SmallVec;
 
 use crate::limit::{Limit, Nanos, Verdict};
 use crate::metrics::StoreMetrics;
+use crate::soon::Soon;
 
 /// Which counter a check touches: counters are named by rule, strategy and
 /// key spec (all folded into `rule_seed`) plus the caller's identity, so they
@@ -72,6 +70,12 @@ pub trait Store: Send + Sync + 'static {
     /// `memory`, `redis`, ...
     fn kind(&self) -> &'static str;
 
+    /// Whether `check` always answers at once (never a future): the engine
+    /// then decides without one.
+    fn answers_at_once(&self) -> bool {
+        false
+    }
+
     /// Whether the store answers, for `/readyz`; `Err` says why not. Stores
     /// that cannot fail keep the default.
     fn readiness(&self) -> Result<(), String> {
@@ -84,38 +88,6 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
 /// The answer of [`Store::check`]: ready at once (the memory store, with no
-/// allocation) or a future (network stores).
-pub enum StoreCall<'a> {
-    Ready(Option<Result<Verdicts, StoreError>>),
-    Pending(BoxFuture<'a, Result<Verdicts, StoreError>>),
-}
-
-impl<'a> StoreCall<'a> {
-    pub fn ready(result: Result<Verdicts, StoreError>) -> StoreCall<'a> {
-        StoreCall::Ready(Some(result))
-    }
-
-    pub fn pending(
-        future: impl Future<Output = Result<Verdicts, StoreError>> + Send + 'a,
-    ) -> StoreCall<'a> {
-        StoreCall::Pending(Box::pin(future))
-    }
-}
-
-impl Future for StoreCall<'_> {
-    type Output = Result<Verdicts, StoreError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            StoreCall::Ready(result) => {
-                Poll::Ready(result.take().unwrap_or_else(|| {
-                    Err(StoreError::Protocol("store answer polled twice".into()))
-                }))
-            }
-            StoreCall::Pending(future) => future.as_mut().poll(cx),
-        }
-    }
-}
+/// allocation) or a boxed future (network stores).
+pub type StoreCall<'a> = Soon<'a, Result<Verdicts, StoreError>>;

@@ -254,7 +254,7 @@ async fn health_loop(store: Weak<RedisStore>) {
 
 impl Store for RedisStore {
     fn check<'a>(&'a self, checks: &'a [LimitCheck<'a>], now: Nanos) -> StoreCall<'a> {
-        StoreCall::pending(self.run(checks, now))
+        StoreCall::later(self.run(checks, now))
     }
 
     /// Redis expires keys itself (every key has a TTL).
