@@ -40,9 +40,16 @@ pub struct Tally<'e> {
     engine: &'e Engine,
     counters: Arc<DecisionCounters>,
     kind: DecisionKind,
+    at: Nanos,
 }
 
 impl Tally<'_> {
+    /// When the decision was made (Unix nanoseconds, the engine's clock):
+    /// the instant its rate-limit headers count from.
+    pub fn decided_at(&self) -> Nanos {
+        self.at
+    }
+
     /// The rules allowed the request and a route's protocol limit (its
     /// `websocket` or `grpc` block) refused it with `refusal`: counted under
     /// that limit's name and the refusal's kind, not as allowed.
@@ -421,6 +428,7 @@ impl Engine {
             engine: self,
             counters: Arc::clone(counters),
             kind: decision.kind(),
+            at: started,
         };
         (decision, extra, tally)
     }

@@ -126,8 +126,8 @@ impl Authorization for EnvoyGrpc {
             Err(error) => return Ok(Response::new(graphql_denied(&error))),
         };
         let extra = graphql.as_ref().map_or(&[][..], |charge| charge.checks());
-        let (decision, extra_verdicts) = self.engine.decide_with_extra(&facts, extra).await;
-        let (options, now) = (self.header_options(), self.engine.now());
+        let (decision, extra_verdicts, tally) = self.engine.decide_tallied(&facts, extra).await;
+        let (options, now) = (self.header_options(), tally.decided_at());
         let mut response = match graphql
             .as_ref()
             .and_then(|c| c.rejection(&decision, options, now))

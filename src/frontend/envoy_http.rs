@@ -78,8 +78,8 @@ impl Handler for EnvoyHttp {
             Err(rejection) => return rejection,
         };
         let extra = graphql.as_ref().map_or(&[][..], |charge| charge.checks());
-        let (decision, extra_verdicts) = self.engine.decide_with_extra(&facts, extra).await;
-        let now = self.engine.now();
+        let (decision, extra_verdicts, tally) = self.engine.decide_tallied(&facts, extra).await;
+        let now = tally.decided_at();
         if let Some(rejection) = graphql
             .as_ref()
             .and_then(|c| c.rejection(&decision, options, now))

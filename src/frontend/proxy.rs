@@ -134,7 +134,7 @@ impl Proxy {
             self.engine.decide_tallied(&facts, extra).await
         };
         let (decision, extra_verdicts, tally) = decision;
-        let now = self.engine.now();
+        let now = tally.decided_at();
         let graphql_rejection = graphql.and_then(|c| c.rejection(&decision, options, now));
         if let Some(rejection) =
             graphql_rejection.or_else(|| respond::rejection(&decision, options, now))

@@ -21,10 +21,14 @@ use crate::metrics::ServerMetrics;
 pub struct TimedIo<T> {
     inner: T,
     idle_timeout: Duration,
-    /// The longest a request head may take; a head started later than the
-    /// timer's next firing ends later than it, so re-arming at most this far
-    /// ahead never misses one.
-    head_timeout: Duration,
+    /// When the first byte must have come (`header_read_timeout` after
+    /// the connection was accepted).
+    first_byte_deadline: Instant,
+    /// The furthest ahead the timer is armed: at most `header_read_timeout`,
+    /// so a head started after it was armed ends after it fires, and at
+    /// most an eighth of `idle_timeout`, which bounds how late activity is
+    /// noted.
+    check_every: Duration,
     head: Arc<HeadDeadline>,
     /// Fires at the earliest deadline known when it was armed; re-armed
     /// lazily from `last_activity` and `head` rather than on every read,
@@ -33,11 +37,14 @@ pub struct TimedIo<T> {
     /// The waker `timer` was last polled with: while the task is the same
     /// and the timer has not fired, polling it again would change nothing.
     timer_waker: Option<Waker>,
-    /// When the connection last waited after reading or writing something.
+    /// When bytes were last seen moving: the connection is idle from here.
     last_activity: Instant,
     /// Bytes moved since `last_activity` was taken. Reads and writes only
-    /// set this; the clock is read once, when the connection next waits,
-    /// which is within the same poll for all but a busy stream.
+    /// set this; it is turned into a time when the clock is next read (the
+    /// timer fires, or the connection waits in a new task), so a kept-alive
+    /// connection reads no clock per request, and its activity is noted at
+    /// most `check_every` late: it is closed between `idle_timeout` and
+    /// `idle_timeout + check_every` after its last byte.
     active: bool,
     started: bool,
     metrics: Arc<ServerMetrics>,
@@ -53,12 +60,17 @@ impl<T> TimedIo<T> {
         metrics: Arc<ServerMetrics>,
     ) -> Self {
         let now = Instant::now();
+        // Never zero: the timer must move forward.
+        let check_every = head_timeout
+            .min(idle_timeout / 8)
+            .max(Duration::from_millis(1));
         TimedIo {
             inner,
             idle_timeout,
-            head_timeout,
+            first_byte_deadline: now + head_timeout,
+            check_every,
             head,
-            timer: Box::pin(tokio::time::sleep_until(now + head_timeout)),
+            timer: Box::pin(tokio::time::sleep_until(now + check_every)),
             timer_waker: None,
             last_activity: now,
             active: false,
@@ -92,13 +104,29 @@ impl<T> TimedIo<T> {
         }
     }
 
+    /// Which deadline has passed at `now`, or when to look again.
+    fn next_check(&self, now: Instant) -> Result<Instant, &'static str> {
+        if !self.started {
+            return match self.first_byte_deadline {
+                deadline if deadline <= now => Err("no request in time"),
+                deadline => Ok(deadline.min(now + self.check_every)),
+            };
+        }
+        let idle = self.last_activity + self.idle_timeout;
+        if idle <= now {
+            return Err("idle timeout");
+        }
+        let head = self.head.get();
+        if head.is_some_and(|deadline| deadline <= now) {
+            return Err("request head not complete in time");
+        }
+        let next = idle.min(now + self.check_every);
+        Ok(head.map_or(next, |head| next.min(head)))
+    }
+
     /// Ready(error) once a deadline has passed: the first byte's, the idle
     /// one, or the head's.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        if self.active {
-            self.active = false;
-            self.last_activity = Instant::now();
-        }
         loop {
             // The timer fires into the waker it was polled with; until it
             // has, there is nothing to check.
@@ -110,26 +138,21 @@ impl<T> TimedIo<T> {
             {
                 return Poll::Pending;
             }
+            let now = Instant::now();
+            if std::mem::take(&mut self.active) {
+                self.last_activity = now;
+            }
             if self.timer.as_mut().poll(cx).is_pending() {
                 self.timer_waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
             self.timer_waker = None;
-            let now = Instant::now();
-            let what = if !self.started {
-                "no request in time"
-            } else if self.last_activity + self.idle_timeout <= now {
-                "idle timeout"
-            } else if self.head.get().is_some_and(|deadline| deadline <= now) {
-                "request head not complete in time"
-            } else {
-                let mut next =
-                    (self.last_activity + self.idle_timeout).min(now + self.head_timeout);
-                if let Some(head) = self.head.get() {
-                    next = next.min(head);
+            let what = match self.next_check(now) {
+                Ok(next) => {
+                    self.timer.as_mut().reset(next);
+                    continue;
                 }
-                self.timer.as_mut().reset(next);
-                continue;
+                Err(what) => what,
             };
             self.metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
             return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what));
@@ -304,5 +327,37 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(60));
         assert_eq!(metrics.header_timeouts.load(Ordering::Relaxed), 1);
         drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn activity_between_checks_is_noted_at_most_an_eighth_of_idle_timeout_late() {
+        let (mut client, server) = duplex(64);
+        let (mut io, _, _) = timed(server);
+        let mut buf = [0u8; 8];
+        client.write_all(b"a").await.unwrap();
+        let opened = Instant::now();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 1);
+        // The same task waits, a byte comes 1 s later, then silence: that
+        // byte is noted when the timer next fires (7.5 s, an eighth of the
+        // 60 s idle timeout), not when it came.
+        let late_byte = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            client.write_all(b"b").await.unwrap();
+            std::future::pending::<()>().await;
+        };
+        let reads = async {
+            assert_eq!(io.read(&mut buf).await.unwrap(), 1);
+            io.read(&mut buf).await.unwrap_err()
+        };
+        let error = tokio::select! {
+            error = reads => error,
+            () = late_byte => unreachable!(),
+        };
+        assert_eq!(error.to_string(), "idle timeout");
+        let closed = opened.elapsed();
+        assert!(
+            closed >= Duration::from_secs(61) && closed <= Duration::from_millis(68_500),
+            "closed {closed:?} after opening"
+        );
     }
 }
