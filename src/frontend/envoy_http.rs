@@ -3,6 +3,8 @@
 //! request through, with the rate-limit headers for Envoy to pass upstream,
 //! or the same 429/403/503 answer the proxy would give, which Envoy relays.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -29,7 +31,22 @@ pub struct EnvoyHttp {
 }
 
 impl Handler for EnvoyHttp {
-    async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
+        // Made mutable here, the request is the block's one copy; a `mut`
+        // parameter of an async fn would be moved into a second.
+        let mut request = request;
+        async move { Ok(self.check(&mut request, conn).await) }
+    }
+}
+
+impl EnvoyHttp {
+    /// The request is borrowed, not taken apart: the check's future then
+    /// holds no second copy of it.
+    async fn check(&self, request: &mut Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let snapshot = self.engine.snapshot();
         let config = &snapshot.config;
         let prefix = config
@@ -40,37 +57,37 @@ impl Handler for EnvoyHttp {
             enabled: config.global.headers_enabled,
             style: config.global.header_style,
         };
-        let (parts, incoming) = request.into_parts();
         // Envoy may send the body (`with_request_body`); read it so the
         // connection stays reusable. Only GraphQL routes look at it.
         let max_body = config.server.as_ref().map_or(MAX_CHECK_BODY, |s| {
             usize::try_from(s.max_body_bytes).unwrap_or(MAX_CHECK_BODY)
         });
         // Most checks carry no body: nothing to collect.
-        let body = if incoming.is_end_stream() {
+        let body = if request.body().is_end_stream() {
             Bytes::new()
         } else {
-            match Limited::new(incoming, max_body).collect().await {
+            match Limited::new(request.body_mut(), max_body).collect().await {
                 Ok(collected) => collected.to_bytes(),
                 Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE),
             }
         };
 
-        let full_path = parts.uri.path();
+        let request = &*request;
+        let full_path = request.uri().path();
         let path = strip_prefix(full_path, prefix);
-        let host = parts
-            .headers
+        let host = request
+            .headers()
             .get(HOST)
             .and_then(|h| h.to_str().ok())
-            .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+            .or_else(|| request.uri().authority().map(|a| a.as_str()));
         let facts = RequestFacts {
             peer: conn.peer.ip(),
-            client_ip: external_address(&parts.headers),
-            method: &parts.method,
+            client_ip: external_address(request.headers()),
+            method: request.method(),
             host,
             path,
-            query: parts.uri.query(),
-            headers: &parts.headers,
+            query: request.uri().query(),
+            headers: request.headers(),
             cost: 1,
         };
         let graphql = match graphql_charge(&self.engine, &facts, &body) {

@@ -2,6 +2,7 @@
 //! gateway's own answer or the request forwarded upstream, streamed both ways,
 //! with forwarding headers set and rate-limit headers added to the response.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -46,12 +47,16 @@ pub struct Proxy {
 struct GatewayAnswer;
 
 impl Handler for Proxy {
-    async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Result<Response<Body>, Infallible> {
         // The work below is a future of some 4 KiB, and hyper moves the
         // handler's future several times before polling it (into the
         // connection's state; for HTTP/2 into a task of its own). Boxed,
         // it is built once, in place, and only a pointer moves.
-        Box::pin(self.answer(request, conn)).await
+        Ok(Box::pin(self.answer(request, conn)).await)
     }
 }
 

@@ -44,13 +44,18 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
-/// Serves one request; implemented by the proxy.
+/// Serves one request; implemented by the proxy and the ext_authz HTTP service.
 pub trait Handler: Send + Sync + 'static {
+    /// The answer to one request; every failure is an HTTP answer. The
+    /// returned future is hyper's service future as it is: owning the
+    /// handler and returning hyper's `Result` saves a wrapping future that
+    /// would hold the request a second time (hyper moves that future
+    /// around before polling it).
     fn handle(
-        &self,
+        self: Arc<Self>,
         request: Request<Incoming>,
         conn: ConnInfo,
-    ) -> impl Future<Output = Response<Body>> + Send;
+    ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send;
 }
 
 /// How the gateway's connections end with it: the tracker shutdown waits
@@ -254,10 +259,7 @@ impl<H: Handler> Listener<H> {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
         let handler = Arc::clone(&self.handler);
-        let service = service_fn(move |request| {
-            let handler = Arc::clone(&handler);
-            async move { Ok::<_, Infallible>(handler.handle(request, conn).await) }
-        });
+        let service = service_fn(move |request| Arc::clone(&handler).handle(request, conn));
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(connection);
         let result = tokio::select! {
