@@ -219,6 +219,12 @@ impl Engine {
         self.snapshot.load_full()
     }
 
+    /// The current snapshot for the span of one request: cheaper than
+    /// [`Engine::snapshot`] (no reference count changes).
+    pub fn current(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
     /// Where this instance's list and block changes go for the others to
     /// see (set once at start when the store is shared).
     pub fn set_shared(&self, sink: Arc<dyn SharedSink>) {
@@ -362,7 +368,9 @@ impl Engine {
         facts: &RequestFacts<'_>,
         extra: &[ExtraCheck],
     ) -> (Decision, Vec<Verdict>) {
-        let (decision, extra_verdicts, _counted_now) = self.decide_tallied(facts, extra).await;
+        let snapshot = self.snapshot.load_full();
+        let (decision, extra_verdicts, _counted_now) =
+            self.decide_tallied(&snapshot, facts, extra).await;
         (decision, extra_verdicts)
     }
 
@@ -370,25 +378,32 @@ impl Engine {
     /// caller's [`Tally`]: a front end that may still turn an allowed
     /// request away (a route's protocol limits) counts it as what happened.
     /// On a store that answers at once (memory) the decision is made here,
-    /// without a future; a network store's wait is boxed.
+    /// without a future; a network store's wait is boxed. `snapshot` is the
+    /// front end's (from [`Engine::current`]): one config for the whole
+    /// request, loaded once.
     pub fn decide_tallied<'e: 'a, 'a>(
         &'e self,
+        snapshot: &'a Snapshot,
         facts: &'a RequestFacts<'_>,
         extra: &'a [ExtraCheck],
     ) -> Soon<'a, Decided<'e>> {
         if self.store.answers_at_once() {
-            Soon::ready(self.decide_at_once(facts, extra))
+            Soon::ready(self.decide_at_once(snapshot, facts, extra))
         } else {
-            Soon::later(self.decide_waiting(facts, extra))
+            Soon::later(self.decide_waiting(snapshot, facts, extra))
         }
     }
 
-    fn decide_at_once(&self, facts: &RequestFacts<'_>, extra: &[ExtraCheck]) -> Decided<'_> {
+    fn decide_at_once(
+        &self,
+        snapshot: &Snapshot,
+        facts: &RequestFacts<'_>,
+        extra: &[ExtraCheck],
+    ) -> Decided<'_> {
         // The decision's instant, and the start of its latency: one clock
         // read serves both (a read costs as much as a small decision).
         let now = self.clock.now();
-        let snapshot = self.snapshot.load();
-        let concluded = match self.plan(&snapshot, facts, extra, now) {
+        let concluded = match self.plan(snapshot, facts, extra, now) {
             Step::Decided(concluded) => concluded,
             Step::Check(plan) => {
                 let answer = self.store.check(&plan.checks(facts, extra), now).now();
@@ -397,7 +412,7 @@ impl Engine {
                         "the store did not answer at once".into(),
                     ))
                 });
-                self.conclude(&snapshot, &plan, facts, extra, now, answer)
+                self.conclude(snapshot, &plan, facts, extra, now, answer)
             }
         };
         self.tally(now, concluded)
@@ -405,16 +420,16 @@ impl Engine {
 
     async fn decide_waiting<'e>(
         &'e self,
+        snapshot: &Snapshot,
         facts: &RequestFacts<'_>,
         extra: &[ExtraCheck],
     ) -> Decided<'e> {
         let now = self.clock.now();
-        let snapshot = self.snapshot.load();
-        let concluded = match self.plan(&snapshot, facts, extra, now) {
+        let concluded = match self.plan(snapshot, facts, extra, now) {
             Step::Decided(concluded) => concluded,
             Step::Check(plan) => {
                 let answer = self.store.check(&plan.checks(facts, extra), now).await;
-                self.conclude(&snapshot, &plan, facts, extra, now, answer)
+                self.conclude(snapshot, &plan, facts, extra, now, answer)
             }
         };
         self.tally(now, concluded)

@@ -45,6 +45,7 @@ use crate::decision::{Decision, retry_after_secs};
 use crate::descriptors::{DescriptorStatus, most_restrictive};
 use crate::engine::{Engine, RequestFacts};
 use crate::frontend::respond::{self, HeaderOptions};
+use crate::snapshot::Snapshot;
 
 /// Both Envoy services over one engine.
 #[derive(Clone)]
@@ -56,13 +57,13 @@ impl EnvoyGrpc {
     pub fn new(engine: Arc<Engine>) -> EnvoyGrpc {
         EnvoyGrpc { engine }
     }
+}
 
-    fn header_options(&self) -> HeaderOptions {
-        let snapshot = self.engine.snapshot();
-        HeaderOptions {
-            enabled: snapshot.config.global.headers_enabled,
-            style: snapshot.config.global.header_style,
-        }
+/// How answers describe quotas, from the snapshot's `global` section.
+fn header_options_of(snapshot: &Snapshot) -> HeaderOptions {
+    HeaderOptions {
+        enabled: snapshot.config.global.headers_enabled,
+        style: snapshot.config.global.header_style,
     }
 }
 
@@ -109,6 +110,7 @@ impl Authorization for EnvoyGrpc {
     ) -> Result<Response<CheckResponse>, Status> {
         let mut request = request.into_inner();
         let checked = CheckedRequest::parse(&mut request)?;
+        let snapshot = self.engine.current();
         let facts = RequestFacts {
             peer: checked.peer,
             client_ip: Some(checked.client_ip),
@@ -121,13 +123,14 @@ impl Authorization for EnvoyGrpc {
             cost: 1,
         };
         // GraphQL routes: the body Envoy sent, analysed as the proxy does.
-        let graphql = match graphql_charge(&self.engine, &facts, checked.body) {
+        let graphql = match graphql_charge(&self.engine, &snapshot, &facts, checked.body) {
             Ok(charge) => charge,
             Err(error) => return Ok(Response::new(graphql_denied(&error))),
         };
         let extra = graphql.as_ref().map_or(&[][..], |charge| charge.checks());
-        let (decision, extra_verdicts, tally) = self.engine.decide_tallied(&facts, extra).await;
-        let (options, now) = (self.header_options(), tally.decided_at());
+        let (decision, extra_verdicts, tally) =
+            self.engine.decide_tallied(&snapshot, &facts, extra).await;
+        let (options, now) = (header_options_of(&snapshot), tally.decided_at());
         let mut response = match graphql
             .as_ref()
             .and_then(|c| c.rejection(&decision, options, now))
@@ -154,6 +157,7 @@ impl Authorization for EnvoyGrpc {
 /// body Envoy sent.
 fn graphql_charge(
     engine: &Engine,
+    snapshot: &Arc<Snapshot>,
     facts: &RequestFacts<'_>,
     body: &[u8],
 ) -> Result<Option<crate::graphql::Charge>, crate::graphql::GraphqlError> {
@@ -165,7 +169,7 @@ fn graphql_charge(
         path: facts.path,
         headers: facts.headers,
     };
-    crate::graphql::check_envoy_body(engine, &target, facts.query, body)
+    crate::graphql::check_envoy_body(engine, snapshot, &target, facts.query, body)
 }
 
 /// A GraphQL request the gateway refuses before counting it (400).
@@ -451,7 +455,7 @@ impl RateLimitService for EnvoyGrpc {
         };
         Ok(Response::new(rate_limit_response(
             &statuses,
-            self.header_options(),
+            header_options_of(&self.engine.current()),
             self.engine.now(),
         )))
     }

@@ -20,6 +20,7 @@ use crate::body::{self, Body};
 use crate::decision::Decision;
 use crate::engine::{Engine, RequestFacts};
 use crate::server::{ConnInfo, Handler};
+use crate::snapshot::Snapshot;
 
 const X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 
@@ -47,7 +48,7 @@ impl EnvoyHttp {
     /// The request is borrowed, not taken apart: the check's future then
     /// holds no second copy of it.
     async fn check(&self, request: &mut Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-        let snapshot = self.engine.snapshot();
+        let snapshot = self.engine.current();
         let config = &snapshot.config;
         let prefix = config
             .ext_authz
@@ -90,12 +91,13 @@ impl EnvoyHttp {
             headers: request.headers(),
             cost: 1,
         };
-        let graphql = match graphql_charge(&self.engine, &facts, &body) {
+        let graphql = match graphql_charge(&self.engine, &snapshot, &facts, &body) {
             Ok(charge) => charge,
             Err(rejection) => return rejection,
         };
         let extra = graphql.as_ref().map_or(&[][..], |charge| charge.checks());
-        let (decision, extra_verdicts, tally) = self.engine.decide_tallied(&facts, extra).await;
+        let (decision, extra_verdicts, tally) =
+            self.engine.decide_tallied(&snapshot, &facts, extra).await;
         let now = tally.decided_at();
         if let Some(rejection) = graphql
             .as_ref()
@@ -128,6 +130,7 @@ impl EnvoyHttp {
 #[allow(clippy::result_large_err)]
 fn graphql_charge(
     engine: &Engine,
+    snapshot: &Arc<Snapshot>,
     facts: &RequestFacts<'_>,
     body: &Bytes,
 ) -> Result<Option<crate::graphql::Charge>, Response<Body>> {
@@ -139,7 +142,7 @@ fn graphql_charge(
         path: facts.path,
         headers: facts.headers,
     };
-    crate::graphql::check_envoy_body(engine, &target, facts.query, body)
+    crate::graphql::check_envoy_body(engine, snapshot, &target, facts.query, body)
         .map_err(|error| rejected(error.rejection()))
 }
 

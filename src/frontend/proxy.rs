@@ -136,7 +136,7 @@ impl Proxy {
                 cost: 1,
             };
             let extra = graphql.map_or(&[][..], |charge| charge.checks());
-            self.engine.decide_tallied(&facts, extra).await
+            self.engine.decide_tallied(&snapshot, &facts, extra).await
         };
         let (decision, extra_verdicts, tally) = decision;
         let now = tally.decided_at();

@@ -68,8 +68,11 @@ impl GraphqlRoute {
 /// the gateway is enabled, the route has the block, and the caller is on
 /// neither list (the whitelist bypasses every limit; the blacklist answer
 /// comes from the engine, before any parsing).
-pub fn graphql_route(engine: &Engine, target: &Target<'_>) -> Option<GraphqlRoute> {
-    let snapshot = engine.snapshot();
+pub fn graphql_route(
+    engine: &Engine,
+    snapshot: &Arc<Snapshot>,
+    target: &Target<'_>,
+) -> Option<GraphqlRoute> {
     let config = &snapshot.config;
     if !config.global.enabled {
         return None;
@@ -96,7 +99,10 @@ pub fn graphql_route(engine: &Engine, target: &Target<'_>) -> Option<GraphqlRout
     if engine.lists().lookup(client_ip, engine.now()).is_some() {
         return None;
     }
-    Some(GraphqlRoute { snapshot, route })
+    Some(GraphqlRoute {
+        snapshot: Arc::clone(snapshot),
+        route,
+    })
 }
 
 /// The proxy's hook: for GraphQL routes, the body is read whole (within
@@ -120,11 +126,11 @@ pub async fn gate(engine: &Engine, request: Request<Incoming>, peer: IpAddr) -> 
         path: request.uri().path(),
         headers: request.headers(),
     };
-    let Some(graphql) = graphql_route(engine, &target) else {
+    let snapshot = engine.snapshot();
+    let Some(graphql) = graphql_route(engine, &snapshot, &target) else {
         return Gate::Pass(request);
     };
-    let max_body = engine
-        .snapshot()
+    let max_body = snapshot
         .config
         .server
         .as_ref()
@@ -213,11 +219,12 @@ pub fn analyse_request(
 /// analysed: the route's rules still count it.
 pub fn check_envoy_body(
     engine: &Engine,
+    snapshot: &Arc<Snapshot>,
     target: &Target<'_>,
     url_query: Option<&str>,
     body: &[u8],
 ) -> Result<Option<Charge>, GraphqlError> {
-    let Some(graphql) = graphql_route(engine, target) else {
+    let Some(graphql) = graphql_route(engine, snapshot, target) else {
         return Ok(None);
     };
     if body.is_empty() && target.method != Method::GET {
