@@ -368,7 +368,7 @@ impl Engine {
         facts: &RequestFacts<'_>,
         extra: &[ExtraCheck],
     ) -> (Decision, Vec<Verdict>) {
-        let snapshot = self.snapshot.load_full();
+        let snapshot = self.current();
         let (decision, extra_verdicts, _counted_now) =
             self.decide_tallied(&snapshot, facts, extra).await;
         (decision, extra_verdicts)
@@ -591,7 +591,7 @@ impl Engine {
             }
         };
         // A Vec, empty without extras: no allocation, and a small value to
-        // return through the three layers above.
+        // hand back to the front end.
         let extra_verdicts: Vec<Verdict> = if extra.is_empty() {
             Vec::new()
         } else {

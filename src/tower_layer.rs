@@ -138,10 +138,7 @@ where
         let peer = (self.peer)(request.extensions()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         Box::pin(async move {
             let snapshot = engine.snapshot();
-            let options = HeaderOptions {
-                enabled: snapshot.config.global.headers_enabled,
-                style: snapshot.config.global.header_style,
-            };
+            let options = HeaderOptions::of(&snapshot.config.global);
             let decision = {
                 let host = request
                     .headers()

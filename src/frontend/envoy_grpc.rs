@@ -45,7 +45,6 @@ use crate::decision::{Decision, retry_after_secs};
 use crate::descriptors::{DescriptorStatus, most_restrictive};
 use crate::engine::{Engine, RequestFacts};
 use crate::frontend::respond::{self, HeaderOptions};
-use crate::snapshot::Snapshot;
 
 /// Both Envoy services over one engine.
 #[derive(Clone)]
@@ -56,14 +55,6 @@ pub struct EnvoyGrpc {
 impl EnvoyGrpc {
     pub fn new(engine: Arc<Engine>) -> EnvoyGrpc {
         EnvoyGrpc { engine }
-    }
-}
-
-/// How answers describe quotas, from the snapshot's `global` section.
-fn header_options_of(snapshot: &Snapshot) -> HeaderOptions {
-    HeaderOptions {
-        enabled: snapshot.config.global.headers_enabled,
-        style: snapshot.config.global.header_style,
     }
 }
 
@@ -123,14 +114,18 @@ impl Authorization for EnvoyGrpc {
             cost: 1,
         };
         // GraphQL routes: the body Envoy sent, analysed as the proxy does.
-        let graphql = match graphql_charge(&self.engine, &snapshot, &facts, checked.body) {
-            Ok(charge) => charge,
-            Err(error) => return Ok(Response::new(graphql_denied(&error))),
-        };
+        let graphql =
+            match crate::graphql::check_envoy_body(&self.engine, &snapshot, &facts, checked.body) {
+                Ok(charge) => charge,
+                Err(error) => return Ok(Response::new(graphql_denied(&error))),
+            };
         let extra = graphql.as_ref().map_or(&[][..], |charge| charge.checks());
         let (decision, extra_verdicts, tally) =
             self.engine.decide_tallied(&snapshot, &facts, extra).await;
-        let (options, now) = (header_options_of(&snapshot), tally.decided_at());
+        let (options, now) = (
+            HeaderOptions::of(&snapshot.config.global),
+            tally.decided_at(),
+        );
         let mut response = match graphql
             .as_ref()
             .and_then(|c| c.rejection(&decision, options, now))
@@ -151,25 +146,6 @@ impl Authorization for EnvoyGrpc {
         }
         Ok(Response::new(response))
     }
-}
-
-/// The GraphQL charge of a check whose route has a `graphql` block, from the
-/// body Envoy sent.
-fn graphql_charge(
-    engine: &Engine,
-    snapshot: &Arc<Snapshot>,
-    facts: &RequestFacts<'_>,
-    body: &[u8],
-) -> Result<Option<crate::graphql::Charge>, crate::graphql::GraphqlError> {
-    let target = crate::graphql::Target {
-        peer: facts.peer,
-        client_ip: facts.client_ip,
-        method: facts.method,
-        host: facts.host,
-        path: facts.path,
-        headers: facts.headers,
-    };
-    crate::graphql::check_envoy_body(engine, snapshot, &target, facts.query, body)
 }
 
 /// A GraphQL request the gateway refuses before counting it (400).
@@ -455,7 +431,7 @@ impl RateLimitService for EnvoyGrpc {
         };
         Ok(Response::new(rate_limit_response(
             &statuses,
-            header_options_of(&self.engine.current()),
+            HeaderOptions::of(&self.engine.current().config.global),
             self.engine.now(),
         )))
     }

@@ -54,10 +54,7 @@ impl EnvoyHttp {
             .ext_authz
             .as_ref()
             .map_or("", |e| e.path_prefix.as_str());
-        let options = HeaderOptions {
-            enabled: config.global.headers_enabled,
-            style: config.global.header_style,
-        };
+        let options = HeaderOptions::of(&config.global);
         // Envoy may send the body (`with_request_body`); read it so the
         // connection stays reusable. Only GraphQL routes look at it.
         let max_body = config.server.as_ref().map_or(MAX_CHECK_BODY, |s| {
@@ -134,15 +131,7 @@ fn graphql_charge(
     facts: &RequestFacts<'_>,
     body: &Bytes,
 ) -> Result<Option<crate::graphql::Charge>, Response<Body>> {
-    let target = crate::graphql::Target {
-        peer: facts.peer,
-        client_ip: facts.client_ip,
-        method: facts.method,
-        host: facts.host,
-        path: facts.path,
-        headers: facts.headers,
-    };
-    crate::graphql::check_envoy_body(engine, snapshot, &target, facts.query, body)
+    crate::graphql::check_envoy_body(engine, snapshot, facts, body)
         .map_err(|error| rejected(error.rejection()))
 }
 

@@ -89,10 +89,7 @@ impl Proxy {
     {
         let snapshot = self.engine.snapshot();
         let config = &snapshot.config;
-        let options = HeaderOptions {
-            enabled: config.global.headers_enabled,
-            style: config.global.header_style,
-        };
+        let options = HeaderOptions::of(&config.global);
         let max_body = config
             .server
             .as_ref()

@@ -6,7 +6,7 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use super::quota_text::QuotaText;
-use crate::config::HeaderStyle;
+use crate::config::{GlobalConfig, HeaderStyle};
 use crate::decision::{BlockedBy, Decision, Quota, retry_after_secs};
 use crate::limit::Nanos;
 
@@ -21,6 +21,16 @@ pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub struct HeaderOptions {
     pub enabled: bool,
     pub style: HeaderStyle,
+}
+
+impl HeaderOptions {
+    /// The options `global` sets.
+    pub fn of(global: &GlobalConfig) -> HeaderOptions {
+        HeaderOptions {
+            enabled: global.headers_enabled,
+            style: global.header_style,
+        }
+    }
 }
 
 /// A response the gateway gives itself instead of forwarding.

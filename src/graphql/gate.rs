@@ -16,7 +16,7 @@ use super::limits::{Charge, GraphqlError, check_operation};
 use super::request;
 use crate::body::{self, Body};
 use crate::config::GraphqlLimits;
-use crate::engine::Engine;
+use crate::engine::{Engine, RequestFacts};
 use crate::frontend::respond::Rejection;
 use crate::identity;
 use crate::route::{self, Route, RouteRequest};
@@ -220,10 +220,17 @@ pub fn analyse_request(
 pub fn check_envoy_body(
     engine: &Engine,
     snapshot: &Arc<Snapshot>,
-    target: &Target<'_>,
-    url_query: Option<&str>,
+    facts: &RequestFacts<'_>,
     body: &[u8],
 ) -> Result<Option<Charge>, GraphqlError> {
+    let target = &Target {
+        peer: facts.peer,
+        client_ip: facts.client_ip,
+        method: facts.method,
+        host: facts.host,
+        path: facts.path,
+        headers: facts.headers,
+    };
     let Some(graphql) = graphql_route(engine, snapshot, target) else {
         return Ok(None);
     };
@@ -239,7 +246,7 @@ pub fn check_envoy_body(
         graphql.limits(),
         target.method,
         content_type,
-        url_query,
+        facts.query,
         body,
     )
 }

@@ -1,8 +1,9 @@
 //! A connection that closes itself when the client is silent too long: before
 //! its first byte (`header_read_timeout`: a client that connects and sends
 //! nothing must not hold a slot), between any two reads or writes after
-//! that (`idle_timeout`), and when a request head is not complete by the
-//! deadline hyper set for it ([`HeadDeadline`], `header_read_timeout`).
+//! that (`idle_timeout`, noted up to an eighth of it late), and when a
+//! request head is not complete by the deadline hyper set for it
+//! ([`HeadDeadline`], `header_read_timeout`).
 
 use std::future::Future as _;
 use std::io;
